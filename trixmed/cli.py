@@ -1,0 +1,67 @@
+"""`trixmed` command line: one subcommand per pipeline stage.
+
+Every subcommand takes `--config FILE` and trailing `key=value` overrides, validates the config
+and its inputs before doing any work, and turns a `TrixmedError` into one line on stderr and
+exit status 2. Stage modules are imported lazily so `trixmed --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from trixmed.errors import TrixmedError
+
+# name → (module with `add_arguments(parser)` and `main(args) -> int`, one-line help).
+# A module path of None marks a stage that is not built yet; it says so and exits 1.
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "prepare": ("trixmed.data.prepare_cmd", "raw MIMIC-III/IV CSVs, a processed benchmark or SafeDrug pickles → dataset/"),
+    "warmup": (None, "phase 1: train the warm-up model on a seeded 30 % of train → warmup/"),
+    "extract": (None, "pooled hidden states of every training sample → features/"),
+    "stratify": (None, "PCA + z-score + K-means → clusters/"),
+    "experts": (None, "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
+    "evaluate": ("trixmed.eval.evaluate_cmd", "score a predictions file (or the trained run) with the metrics harness"),
+    "predict": (None, "a patient's visits as JSON → ranked medications, cluster and expert weights"),
+    "explain": (None, "a patient → cluster, experts, similar training patients, cluster profile"),
+    "report": (None, "a run or a Tune experiment → HTML/Markdown report"),
+    "tune": (None, "Ray Tune sweep over tune_spaces/*.yaml"),
+    "run": (None, "chain every stage over a run directory (skips stages already complete)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trixmed",
+        description="TRIXMED medication recommendation: triage-routed mixture of LoRA experts.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        label = help_text if module else f"[not built yet] {help_text}"
+        p = sub.add_parser(name, help=label, description=label)
+        p.add_argument("--config", help="YAML config (see configs/)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.moe.top_n=1")
+        if module:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    module, _ = COMMANDS[args.command]
+    if module is None:
+        print(f"trixmed {args.command}: not built yet (see the project's open issues)", file=sys.stderr)
+        return 1
+    try:
+        return int(importlib.import_module(module).main(args) or 0)
+    except TrixmedError as exc:
+        print(f"trixmed {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

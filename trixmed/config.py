@@ -1,0 +1,335 @@
+"""Configs are data: YAML files validated into typed dataclasses, with dotted `key=value` overrides.
+
+    cfg = load_config("configs/demo_cpu.yaml", ["experts.top_n=1", "model.lora.rank=4"])
+
+Unknown keys, wrong types and bad values are `TrixmedError`s naming the file and the dotted key,
+raised before any stage starts work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trixmed.errors import TrixmedError
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class SplitConfig:
+    # safedrug: patients in file order, first 2/3 train, next half of the rest test, last half val.
+    # random: seeded shuffle of patients with `ratios` (train, val, test).
+    # visit-random: leaky per-visit shuffle, only for studying leakage.
+    kind: str = "safedrug"
+    ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    seed: int = 42
+
+    def validate(self, where: str) -> None:
+        _choice(where + ".kind", self.kind, ("safedrug", "random", "visit-random"))
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+            raise TrixmedError(where + ".ratios", f"must be three non-negative numbers (train, val, test) summing to 1, got {self.ratios}")
+
+
+@dataclass
+class ProcessingConfig:
+    """Raw MIMIC → benchmark filters, as in SafeDrug/GAMENet `processing.py` (see docs/data.md)."""
+
+    min_visits: int = 2            # keep patients with at least this many admissions
+    top_diag: int = 2000           # keep the most frequent diagnosis codes
+    top_med: int = 300             # keep the most frequent ATC-3 medications
+    first_day_meds: bool = True    # keep only each admission's first-day prescriptions (first STARTDATE)
+    atc_level: int = 3             # ATC level of the medication vocabulary (3 = 4-character code)
+    max_diag_per_visit: int = 0    # 0 = no cap
+
+
+@dataclass
+class DataConfig:
+    source: str = "mimic3"   # mimic3 | mimic4 | benchmark | safedrug-pickle
+    path: str | None = None  # None with source=mimic3 → the bundled MIMIC-III demo
+    split: SplitConfig = field(default_factory=SplitConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+
+    def validate(self, where: str) -> None:
+        _choice(where + ".source", self.source, ("mimic3", "mimic4", "benchmark", "safedrug-pickle"))
+        if self.path is None and self.source != "mimic3":
+            raise TrixmedError(where + ".path", f"is required for source={self.source}")
+        self.split.validate(where + ".split")
+
+
+@dataclass
+class TextConfig:
+    token_budget: int = 2048   # narrative budget (whitespace tokens unless a tokenizer is given)
+    instruction: str = (
+        "Based on the patient's historical medical records, predict the medications needed "
+        "for the current visit."
+    )
+
+
+@dataclass
+class EvalConfig:
+    bootstrap_rounds: int = 10
+    bootstrap_fraction: float = 0.8
+    seed: int = 0
+    threshold: float | None = None   # None → choose on validation
+
+
+@dataclass
+class CodesBackboneConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+    max_visits: int = 16        # most recent visits kept (current visit included)
+    title_words: bool = True    # enrich code embeddings with the words of each code's title
+
+
+@dataclass
+class HFBackboneConfig:
+    path: str | None = None     # local directory of a Hugging Face causal LM (never downloaded)
+    max_length: int = 1024
+    gradient_checkpointing: bool = False
+    torch_dtype: str = "float32"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Names of the adapted linear layers (suffix match). codes: attention + MLP of the encoder.
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class MoEConfig:
+    router: str = "triage"       # triage (cluster one-hot) | learned (Std. MoE) | none (w/o MoE)
+    num_experts: int = 8
+    top_n: int = 2
+    renormalize: bool = False    # renormalise the top-n weights (the paper does not)
+    aux_weight: float = 0.01     # λ of the load-balancing loss
+    ep_size: int = 1             # experts partitioned over this many ranks
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "codes"      # codes | hf
+    codes: CodesBackboneConfig = field(default_factory=CodesBackboneConfig)
+    hf: HFBackboneConfig = field(default_factory=HFBackboneConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+    def validate(self, where: str) -> None:
+        _choice(where + ".backbone", self.backbone, ("codes", "hf"))
+        _choice(where + ".moe.router", self.moe.router, ("triage", "learned", "none"))
+        if self.backbone == "hf" and not self.hf.path:
+            raise TrixmedError(where + ".hf.path", "is required for backbone=hf (a local model directory)")
+        if not 1 <= self.moe.top_n <= self.moe.num_experts:
+            raise TrixmedError(where + ".moe.top_n", f"must be in 1..num_experts={self.moe.num_experts}, got {self.moe.top_n}")
+        if self.moe.ep_size < 1 or self.moe.num_experts % self.moe.ep_size:
+            raise TrixmedError(where + ".moe.ep_size", f"must divide num_experts={self.moe.num_experts}, got {self.moe.ep_size}")
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase (warm-up or experts) as run by the engine."""
+
+    fraction: float = 1.0           # share of the training patients used (warm-up: 0.3)
+    epochs: int = 3
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100         # linear lr warm-up
+    micro_batch_size: int = 16      # per worker
+    effective_batch_size: int = 64  # micro × workers × grad-accumulation
+    grad_clip: float = 0.3
+    early_stopping_patience: int = 0   # epochs without validation-Jaccard gain; 0 = off
+    lm_weight: float = 0.0          # λ_LM (hf backbone warm-up)
+    med_weight: float = 1.0         # λ_med
+
+
+@dataclass
+class DistributedConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    zero_stage: int = 2
+    precision: str = "fp32"         # fp32 | bf16 | fp16
+    max_failures: int = 1
+
+    def validate(self, where: str) -> None:
+        _choice(where + ".precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise TrixmedError(where + ".zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.num_workers < 1:
+            raise TrixmedError(where + ".num_workers", f"must be >= 1, got {self.num_workers}")
+
+
+@dataclass
+class StratifyConfig:
+    pca_components: int = 32
+    num_clusters: int = 8
+    kmeans_iters: int = 100
+    kmeans_tol: float = 1e-4
+    kmeans_init: str = "k-means++"
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/demo"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmup: PhaseConfig = field(default_factory=lambda: PhaseConfig(fraction=0.3))
+    stratify: StratifyConfig = field(default_factory=StratifyConfig)
+    experts: PhaseConfig = field(default_factory=PhaseConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate(f.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic machinery
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise TrixmedError(p, "config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise TrixmedError(p, f"not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(raw, dict):
+            raise TrixmedError(p, "top level must be a mapping")
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = from_dict(Config, raw, source, "")
+    try:
+        cfg.validate()
+    except TrixmedError as exc:
+        raise TrixmedError(source, f"{exc.where}: {exc.problem}" if exc.where else exc.problem) from None
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`1e-4`, `[1,2]`, `null`)."""
+    if "=" not in item:
+        raise TrixmedError("override", f"{item!r} is not of the form key=value")
+    key, _, text = item.partition("=")
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise TrixmedError("override", f"{item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[k] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, source: str, where: str) -> Any:
+    """Build dataclass `cls` from `raw`, checking keys and types; errors name `source` and the key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TrixmedError(source, f"{where or 'top level'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise TrixmedError(source, f"{dotted}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(hints[key], value, source, dotted)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """The inverse of `from_dict`: plain data, ready for YAML/JSON and for hashing."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(tp: Any, value: Any, source: str, dotted: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, dotted)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last: TrixmedError | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, dotted)
+            except TrixmedError as exc:
+                last = exc
+        assert last is not None
+        raise last
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise TrixmedError(source, f"{dotted}: expected a list, got {value!r}")
+        return [_coerce(item_tp, v, source, f"{dotted}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TrixmedError(source, f"{dotted}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise TrixmedError(source, f"{dotted}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TrixmedError(where, f"must be one of {', '.join(choices)}, got {value!r}")

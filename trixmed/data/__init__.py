@@ -1,0 +1,1 @@
+"""EHR data: sources → one canonical dataset artifact (visits, vocabularies, DDI, splits, card)."""

@@ -1,0 +1,30 @@
+"""Where bundled resources and the (optional, credentialed) shared data live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+
+
+def resource_path(*parts: str) -> Path:
+    """A file shipped inside the package (demo data, code titles, mappings, DDI pairs)."""
+    return RESOURCES.joinpath(*parts)
+
+
+def shared_data_dir() -> Path | None:
+    """The processed-benchmark data folder, or None when this machine does not have it.
+
+    `TRIXMED_SHARED_DATA` wins; otherwise `../shared/data` beside the repository checkout.
+    The processed MIMIC benchmarks are derived from credentialed data and are read in place,
+    never copied into the repository.
+    """
+    env = os.environ.get("TRIXMED_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    repo = Path(__file__).resolve().parent.parent
+    candidates += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for c in candidates:
+        if (c / "benchmark").is_dir():
+            return c
+    return None
