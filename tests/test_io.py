@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+
+from trixmed.io import atomic_dir, atomic_file, read_json, write_json
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path: Path):
+    target = tmp_path / "stage"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]  # no temp dir left behind
+
+
+def test_atomic_file_leaves_nothing_on_failure(tmp_path: Path):
+    target = tmp_path / "x.json"
+    with pytest.raises(ValueError):
+        with atomic_file(target) as fh:
+            fh.write("{")
+            raise ValueError("boom")
+    assert list(tmp_path.iterdir()) == []
+    write_json(target, {"a": 1})
+    assert read_json(target) == {"a": 1}
