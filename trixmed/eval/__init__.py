@@ -1,0 +1,1 @@
+"""Evaluation: SafeDrug-style metrics, the patient bootstrap and predictions files."""
