@@ -42,12 +42,22 @@ class SplitConfig:
 class ProcessingConfig:
     """Raw MIMIC → benchmark filters, as in SafeDrug/GAMENet `processing.py` (see docs/data.md)."""
 
-    min_visits: int = 2            # keep patients with at least this many admissions
-    top_diag: int = 2000           # keep the most frequent diagnosis codes
-    top_med: int = 300             # keep the most frequent ATC-3 medications
-    first_day_meds: bool = True    # keep only each admission's first-day prescriptions (first STARTDATE)
-    atc_level: int = 3             # ATC level of the medication vocabulary (3 = 4-character code)
-    max_diag_per_visit: int = 0    # 0 = no cap
+    min_visits: int = 2            # keep patients with at least this many admissions in PRESCRIPTIONS
+    top_diag: int = 2000           # keep the most frequent diagnosis codes (0 = all)
+    top_proc: int = 0              # keep the most frequent procedure codes (0 = all; SafeDrug keeps all)
+    top_med: int = 300             # keep the most frequent ATC medications (0 = all)
+    atc_level: int = 3             # ATC level of the medication vocabulary: 3 (4 characters) or 4 (5)
+    forward_fill: bool = True      # SafeDrug fills missing PRESCRIPTIONS fields from the row above
+    first_day_meds: bool = False   # keep only each admission's first-STARTDATE prescriptions (GAMENet option)
+    visit_order: str = "admittime"  # admittime (chronological) | hadm_id (SafeDrug's literal order)
+
+    def validate(self, where: str) -> None:
+        for name in ("min_visits", "top_diag", "top_proc", "top_med"):
+            if getattr(self, name) < 0:
+                raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if self.atc_level not in (3, 4):
+            raise TrixmedError(where + ".atc_level", f"must be 3 or 4, got {self.atc_level}")
+        _choice(where + ".visit_order", self.visit_order, ("admittime", "hadm_id"))
 
 
 @dataclass
@@ -62,6 +72,7 @@ class DataConfig:
         if self.path is None and self.source != "mimic3":
             raise TrixmedError(where + ".path", f"is required for source={self.source}")
         self.split.validate(where + ".split")
+        self.processing.validate(where + ".processing")
 
 
 @dataclass
@@ -72,13 +83,30 @@ class TextConfig:
         "for the current visit."
     )
 
+    def validate(self, where: str) -> None:
+        if self.token_budget < 1:
+            raise TrixmedError(where + ".token_budget", f"must be >= 1, got {self.token_budget}")
+        if not self.instruction.strip():
+            raise TrixmedError(where + ".instruction", "must not be empty")
+
 
 @dataclass
 class EvalConfig:
     bootstrap_rounds: int = 10
-    bootstrap_fraction: float = 0.8
+    bootstrap_fraction: float = 0.8   # share of test patients drawn (with replacement) per round
     seed: int = 0
     threshold: float | None = None   # None → choose on validation
+    # visit: mean over visits (the issue's definition); patient: mean of per-patient means (SafeDrug's eval)
+    average: str = "visit"
+
+    def validate(self, where: str) -> None:
+        if self.bootstrap_rounds < 1:
+            raise TrixmedError(where + ".bootstrap_rounds", f"must be >= 1, got {self.bootstrap_rounds}")
+        if not 0.0 < self.bootstrap_fraction <= 1.0:
+            raise TrixmedError(where + ".bootstrap_fraction", f"must be in (0, 1], got {self.bootstrap_fraction}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise TrixmedError(where + ".threshold", f"must be in [0, 1] or null, got {self.threshold}")
+        _choice(where + ".average", self.average, ("visit", "patient"))
 
 
 @dataclass
@@ -135,6 +163,23 @@ class ModelConfig:
             raise TrixmedError(where + ".moe.top_n", f"must be in 1..num_experts={self.moe.num_experts}, got {self.moe.top_n}")
         if self.moe.ep_size < 1 or self.moe.num_experts % self.moe.ep_size:
             raise TrixmedError(where + ".moe.ep_size", f"must divide num_experts={self.moe.num_experts}, got {self.moe.ep_size}")
+        codes = self.codes
+        if codes.d_model < 1 or codes.n_heads < 1 or codes.d_model % codes.n_heads:
+            raise TrixmedError(where + ".codes.n_heads", f"must divide d_model={codes.d_model}, got {codes.n_heads}")
+        for key, value in (("codes.n_layers", codes.n_layers), ("codes.max_visits", codes.max_visits),
+                           ("hf.max_length", self.hf.max_length), ("lora.rank", self.lora.rank)):
+            if value < 1:
+                raise TrixmedError(f"{where}.{key}", f"must be >= 1, got {value}")
+        for key, value in (("codes.dropout", codes.dropout), ("lora.dropout", self.lora.dropout)):
+            if not 0 <= value < 1:
+                raise TrixmedError(f"{where}.{key}", f"must be in [0, 1), got {value}")
+        if self.lora.alpha <= 0:
+            raise TrixmedError(where + ".lora.alpha", f"must be > 0, got {self.lora.alpha}")
+        if not self.lora.targets:
+            raise TrixmedError(where + ".lora.targets", "must name at least one linear layer")
+        _choice(where + ".hf.torch_dtype", self.hf.torch_dtype, ("float32", "bfloat16", "float16"))
+        if self.moe.aux_weight < 0:
+            raise TrixmedError(where + ".moe.aux_weight", f"must be >= 0, got {self.moe.aux_weight}")
 
 
 @dataclass
@@ -152,6 +197,22 @@ class PhaseConfig:
     early_stopping_patience: int = 0   # epochs without validation-Jaccard gain; 0 = off
     lm_weight: float = 0.0          # λ_LM (hf backbone warm-up)
     med_weight: float = 1.0         # λ_med
+    val_threshold: float = 0.5      # decision threshold of the validation Jaccard used for early stopping
+
+    def validate(self, where: str) -> None:
+        if not 0 < self.fraction <= 1:
+            raise TrixmedError(where + ".fraction", f"must be in (0, 1], got {self.fraction}")
+        for name in ("epochs", "micro_batch_size", "effective_batch_size"):
+            if getattr(self, name) < 1:
+                raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise TrixmedError(f"{where}.{name}", f"must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_steps", "early_stopping_patience", "lm_weight", "med_weight"):
+            if getattr(self, name) < 0:
+                raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.val_threshold < 1:
+            raise TrixmedError(where + ".val_threshold", f"must be in (0, 1), got {self.val_threshold}")
 
 
 @dataclass
@@ -161,7 +222,16 @@ class DistributedConfig:
     cpus_per_worker: float = 0.5
     zero_stage: int = 2
     precision: str = "fp32"         # fp32 | bf16 | fp16
-    max_failures: int = 1
+    max_failures: int = 1           # Ray Train FailureConfig: worker-group restarts from the last checkpoint
+    gpus_per_node: int = 8          # only for the dry-run memory plan (DeepSpeed's estimators want nodes × GPUs)
+    # ZeRO-3 keeps parameters smaller than this unpartitioned (DeepSpeed's default 1e5); tiny test models need 0.
+    stage3_param_persistence_threshold: int = 100_000
+    ray_address: str | None = None  # None: join $RAY_ADDRESS or start a local Ray; "auto": an existing cluster
+    # HF config.json used by `trixmed run --dry-run` for the memory plan when model.hf.path is not on this machine.
+    estimate_from: str | None = None
+    # Test hook: the last rank kills itself (os._exit) once, at this optimizer step of the first phase it
+    # trains, to exercise FailureConfig restarts. -1 = off. Never set it in a real run.
+    fail_at_step: int = -1
 
     def validate(self, where: str) -> None:
         _choice(where + ".precision", self.precision, ("fp32", "bf16", "fp16"))
@@ -169,6 +239,14 @@ class DistributedConfig:
             raise TrixmedError(where + ".zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.num_workers < 1:
             raise TrixmedError(where + ".num_workers", f"must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise TrixmedError(where + ".cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            raise TrixmedError(where + ".max_failures", f"must be >= -1 (-1 = retry forever), got {self.max_failures}")
+        if self.gpus_per_node < 1:
+            raise TrixmedError(where + ".gpus_per_node", f"must be >= 1, got {self.gpus_per_node}")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise TrixmedError(where + ".precision", "fp16 needs a GPU (use bf16 or fp32 on CPU)")
 
 
 @dataclass
@@ -178,6 +256,15 @@ class StratifyConfig:
     kmeans_iters: int = 100
     kmeans_tol: float = 1e-4
     kmeans_init: str = "k-means++"
+    kmeans_n_init: int = 4          # K-means restarts; the lowest inertia wins
+
+    def validate(self, where: str) -> None:
+        _choice(where + ".kmeans_init", self.kmeans_init, ("k-means++", "random"))
+        for name in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_n_init"):
+            if getattr(self, name) < 1:
+                raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.kmeans_tol < 0:
+            raise TrixmedError(where + ".kmeans_tol", f"must be >= 0, got {self.kmeans_tol}")
 
 
 # --------------------------------------------------------------------------------------------
