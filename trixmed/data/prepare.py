@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trixmed.config import Config, DataConfig, to_dict
+from trixmed.config import Config, DataConfig, TextConfig, to_dict
 from trixmed.data.card import card_markdown, dataset_card
 from trixmed.data.dataset import visit_key
 from trixmed.data.records import Records
@@ -52,10 +52,20 @@ def prepare(cfg: Config) -> Path:
     if records.log:
         card["processing"] = records.log
     title = Path(cfg.data.path).name if cfg.data.path else "bundled MIMIC-III demo"
-    return write_dataset(Path(cfg.run_dir) / "dataset", visits, records, card, _meta(cfg), title)
+    return write_dataset(Path(cfg.run_dir) / "dataset", visits, records, card, _meta(cfg), title, text=cfg.text)
 
 
-def write_dataset(target: Path, visits: pd.DataFrame, records: Records, card: dict, meta: dict, title: str) -> Path:
+def write_dataset(
+    target: Path,
+    visits: pd.DataFrame,
+    records: Records,
+    card: dict,
+    meta: dict,
+    title: str,
+    *,
+    text: TextConfig | None = None,
+) -> Path:
+    """Write the artifact; with `text`, also every sample's narrative (`narratives.parquet`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -81,6 +91,12 @@ def write_dataset(target: Path, visits: pd.DataFrame, records: Records, card: di
         with atomic_file(tmp / "card.md") as fh:
             fh.write(card_markdown(card, title))
         write_json(tmp / "meta.json", meta)
+        if text is not None:
+            from trixmed.data.dataset import Dataset
+            from trixmed.text.narrative import write_narratives
+            from trixmed.text.titles import CodeTitles
+
+            write_narratives(Dataset(tmp), tmp / "narratives.parquet", CodeTitles.default(), text)
     return target
 
 
