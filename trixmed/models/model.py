@@ -1,0 +1,245 @@
+"""MedRecModel: backbone → pooled patient vector → medication logits, with LoRA or MoE-LoRA.
+
+    phase "warmup"   backbone + one LoRA adapter + medication head. codes: base and LoRA train
+                     (the backbone starts from random weights); hf: LoRA and head only.
+    phase "experts"  same backbone, frozen; router `none` keeps one LoRA ("w/o MoE"), `triage` and
+                     `learned` put E LoRA experts on every adapted linear (MoE-LoRA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trixmed.config import Config, ModelConfig, PhaseConfig, from_dict, to_dict
+from trixmed.data.dataset import Vocab
+from trixmed.errors import TrixmedError
+from trixmed.io import atomic_dir, read_json, write_json
+from trixmed.models.codes import CodesBackbone, build_title_words, masked_mean
+from trixmed.models.lora import LocalDispatch, LoRALinear, MoELoRALinear, adapt_linears
+from trixmed.models.router import LearnedRouter, Routing, TriageRouter, route
+
+PHASES = ("warmup", "experts")
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor                  # [B, n_med]
+    pooled: Tensor                  # [B, H]
+    aux_loss: Tensor                # 0-dim, 0 without MoE
+    lm_loss: Tensor | None          # 0-dim when the batch carries output tokens (hf warm-up)
+    expert_counts: Tensor | None    # [E] long: samples routed to each expert
+    gates: Tensor | None            # G [B, E]
+
+
+class MedRecModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module, n_med: int, phase: str, num_clusters: int | None):
+        super().__init__()
+        self.cfg, self.phase, self.num_clusters = cfg, phase, num_clusters
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.hidden_size, n_med)
+        moe = cfg.moe
+        self.router: nn.Module | None = None
+        if phase == "experts" and moe.router == "triage":
+            self.router = TriageRouter(num_clusters, moe.num_experts)
+        elif phase == "experts" and moe.router == "learned":
+            self.router = LearnedRouter(backbone.hidden_size, moe.num_experts)
+        # Set by trixmed.parallel.setup_expert_parallel when experts are partitioned over ranks.
+        self.expert_parallel: Any = None
+
+    @property
+    def moe_layers(self) -> list[MoELoRALinear]:
+        return [m for m in self.modules() if isinstance(m, MoELoRALinear)]
+
+    def route(self, batch: dict[str, Tensor]) -> Routing | None:
+        if self.router is None:
+            return None
+        if isinstance(self.router, TriageRouter):
+            if "cluster" not in batch:
+                raise TrixmedError("batch", "router=triage needs the cluster id of every sample (collator's second argument)")
+            logits = self.router(batch["cluster"])
+        else:
+            logits = self.router(self.backbone.input_features(batch))
+        return route(logits, self.cfg.moe.top_n, self.cfg.moe.renormalize)
+
+    def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        routing = self.route(batch)
+        if routing is not None:
+            dispatch = (self.expert_parallel.dispatch(routing) if self.expert_parallel is not None
+                        else LocalDispatch(routing.weights, routing.indices, self.cfg.moe.num_experts))
+            # kept after the forward: gradient checkpointing re-runs the layers during backward
+            for m in self.moe_layers:
+                m.dispatch = dispatch
+        hidden, mask, lm_loss = self.backbone(batch)
+        pooled = masked_mean(hidden.float(), mask)
+        logits = self.head(pooled)
+        if routing is None:
+            return ModelOutput(logits, pooled, logits.new_zeros(()), lm_loss, None, None)
+        return ModelOutput(logits, pooled, routing.aux_loss, lm_loss, routing.counts, routing.gates)
+
+    def loss(self, batch: dict[str, Tensor], out: ModelOutput, phase_cfg: PhaseConfig) -> tuple[Tensor, dict[str, float]]:
+        """warm-up: λ_LM·LM + λ_med·BCE;  experts: BCE + λ·L_aux. Returns (loss, parts for logging)."""
+        bce = F.binary_cross_entropy_with_logits(out.logits, batch["labels"])
+        parts = {"bce": bce.item(), "aux": out.aux_loss.item()}
+        if self.phase == "warmup":
+            total = phase_cfg.med_weight * bce
+            if out.lm_loss is not None and phase_cfg.lm_weight:
+                total = total + phase_cfg.lm_weight * out.lm_loss
+        else:
+            total = bce + self.cfg.moe.aux_weight * out.aux_loss
+        if out.lm_loss is not None:
+            parts["lm"] = out.lm_loss.item()
+        parts["loss"] = total.item()
+        return total, parts
+
+    def init_experts_from_warmup(self, warm_state: dict[str, Tensor]) -> None:
+        """Load the warm-up model's state (backbone, head, LoRA); every expert starts as its LoRA."""
+        if self.expert_parallel is not None:
+            raise RuntimeError("init_experts_from_warmup must run before setup_expert_parallel")
+        own = self.state_dict()
+        used: set[str] = set()
+        for name, layer in ((n, m) for n, m in self.named_modules() if isinstance(m, MoELoRALinear)):
+            pair = []
+            for part in ("lora_A", "lora_B"):
+                keys = [k for k in warm_state if k.startswith(f"{name}.{part}")]
+                if len(keys) != 1:
+                    raise TrixmedError("warm-up state", f"expected one {name}.{part}* tensor, found {len(keys)}")
+                pair.append(warm_state[keys[0]])
+                used.add(keys[0])
+            layer.load_adapter(*pair)
+        rest = {}
+        for k, v in warm_state.items():
+            if k in used:
+                continue
+            if k not in own:
+                raise TrixmedError("warm-up state", f"{k} has no counterpart in the experts model")
+            if own[k].shape != v.shape:
+                raise TrixmedError("warm-up state", f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+            rest[k] = v
+        self.load_state_dict(rest, strict=False)
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """LoRA / MoE-LoRA experts, router and medication head: what differs from the base model."""
+        return {k: v for k, v in self.state_dict().items()
+                if "lora_" in k or ".experts_" in k or k.startswith(("router.", "head."))}
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+
+def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | None = None,
+                titles: Any = None) -> MedRecModel:
+    """A fresh model for `phase`. `titles` (trixmed.text.CodeTitles) feeds the codes backbone's title
+    words; None loads the bundled CodeTitles.default() when model.codes.title_words is on."""
+    tables = None
+    if cfg.model.backbone == "codes" and cfg.model.codes.title_words:
+        if titles is None:
+            from trixmed.text.titles import CodeTitles
+
+            titles = CodeTitles.default()
+        tables, words = build_title_words(vocab, titles)
+        tables = (tables, len(words))
+    return _build(cfg.model, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables)
+
+
+def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters: int | None,
+           title_tables: tuple[dict[str, Tensor], int] | None) -> MedRecModel:
+    if phase not in PHASES:
+        raise TrixmedError("phase", f"must be one of {', '.join(PHASES)}, got {phase!r}")
+    moe = mcfg.moe
+    if phase == "experts" and moe.router == "triage" and not (num_clusters and num_clusters > 0):
+        raise TrixmedError("model.moe.router", "triage routing needs num_clusters (from the stratify stage)")
+    lora = mcfg.lora
+    if mcfg.backbone == "codes":
+        tables, num_words = title_tables if title_tables else (None, 0)
+        backbone: nn.Module = CodesBackbone(mcfg.codes, sizes, tables, num_words)
+        if phase == "experts":
+            backbone.requires_grad_(False)
+        if phase == "warmup" or moe.router == "none":
+            adapted = adapt_linears(backbone, lora.targets, lambda lin: LoRALinear(lin, lora.rank, lora.alpha, lora.dropout))
+        else:
+            adapted = adapt_linears(backbone, lora.targets,
+                                    lambda lin: MoELoRALinear(lin, moe.num_experts, lora.rank, lora.alpha, lora.dropout))
+        if not adapted:
+            raise TrixmedError("model.lora.targets", f"{lora.targets} match no linear layer of the codes backbone")
+    else:
+        from trixmed.models.hf import HFBackbone
+
+        backbone = HFBackbone(mcfg.hf, lora)   # peft: base frozen, LoRA trainable
+        if phase == "experts" and moe.router != "none":
+            _peft_to_moe(backbone, moe.num_experts, lora)
+    return MedRecModel(mcfg, backbone, sizes["med"], phase, num_clusters)
+
+
+def _peft_to_moe(backbone: nn.Module, num_experts: int, lora) -> None:
+    """Swap each peft LoRA layer for an MoE-LoRA layer on the same frozen base linear."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, m in list(backbone.named_modules()):
+        if isinstance(m, LoraLayer):
+            parent_name, _, child = name.rpartition(".")
+            moe = MoELoRALinear(m.get_base_layer(), num_experts, lora.rank, lora.alpha, lora.dropout)
+            moe.load_adapter(m.lora_A["default"].weight, m.lora_B["default"].weight)
+            setattr(backbone.get_submodule(parent_name), child, moe)
+
+
+def save_model(model: MedRecModel, directory: str | Path) -> None:
+    """Weights as safetensors + model.json; hf warm-up adapters also via peft `save_pretrained`.
+
+    codes: the whole state; hf: everything but the frozen base (it stays in model.hf.path).
+    With experts partitioned over ranks call it on every rank (the shards are gathered); rank 0 writes.
+    """
+    from safetensors.torch import save_file
+
+    state = model.state_dict() if model.cfg.backbone == "codes" else model.trainable_state_dict() | model.adapter_state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("ep_marker.")}   # DeepSpeed's view of the experts
+    if model.expert_parallel is not None:
+        state = model.expert_parallel.gather_state(state)
+        if not model.expert_parallel.is_writer:
+            return
+    with atomic_dir(directory) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        sizes = {"diag": model.backbone.sizes["diag"], "proc": model.backbone.sizes["proc"]} if model.cfg.backbone == "codes" else {}
+        sizes["med"] = model.head.out_features
+        title = getattr(model.backbone, "word_emb", None)
+        write_json(tmp / META_FILE, {
+            "model": to_dict(model.cfg), "phase": model.phase, "num_clusters": model.num_clusters, "sizes": sizes,
+            "title_words": title.num_embeddings - 1 if title is not None else None,
+        })
+        if model.cfg.backbone == "hf" and not model.moe_layers:
+            model.backbone.peft.save_pretrained(str(tmp / "adapter"))
+
+
+def load_model(directory: str | Path, cfg: Config, vocab: Vocab) -> MedRecModel:
+    """Rebuild a saved model. Its own model config wins, except `model.hf.path` when cfg sets one."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in (META_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise TrixmedError(directory / name, "missing; not a saved trixmed model")
+    meta = read_json(directory / META_FILE)
+    mcfg = from_dict(ModelConfig, meta["model"], str(directory / META_FILE), "model")
+    if cfg.model.hf.path:
+        mcfg = dataclasses.replace(mcfg, hf=dataclasses.replace(mcfg.hf, path=cfg.model.hf.path))
+    sizes = vocab.sizes()
+    for kind, n in meta["sizes"].items():
+        if sizes[kind] != n:
+            raise TrixmedError(directory / META_FILE, f"{kind} vocabulary has {n} codes, the dataset has {sizes[kind]}")
+    state = load_file(str(directory / WEIGHTS_FILE))
+    tables = None
+    if meta["title_words"] is not None:
+        tables = ({k: state[f"backbone.title_words_{k}"] for k in ("diag", "proc", "med")}, meta["title_words"])
+    model = _build(mcfg, sizes, phase=meta["phase"], num_clusters=meta["num_clusters"], title_tables=tables)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (mcfg.backbone == "codes" and missing):
+        raise TrixmedError(directory / WEIGHTS_FILE, f"does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
