@@ -17,16 +17,16 @@ from trixmed.errors import TrixmedError
 # A module path of None marks a stage that is not built yet; it says so and exits 1.
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "prepare": ("trixmed.data.prepare_cmd", "raw MIMIC-III/IV CSVs, a processed benchmark or SafeDrug pickles → dataset/"),
-    "warmup": (None, "phase 1: train the warm-up model on a seeded 30 %% of train → warmup/"),
-    "extract": (None, "pooled hidden states of every training sample → features/"),
-    "stratify": (None, "PCA + z-score + K-means → clusters/"),
-    "experts": (None, "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
+    "warmup": ("trixmed.pipeline.stage_cmd", "phase 1: train the warm-up model on a seeded 30 %% of train → warmup/"),
+    "extract": ("trixmed.pipeline.stage_cmd", "pooled hidden states of every training sample → features/"),
+    "stratify": ("trixmed.pipeline.stage_cmd", "PCA + z-score + K-means → clusters/"),
+    "experts": ("trixmed.pipeline.stage_cmd", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
     "evaluate": ("trixmed.eval.evaluate_cmd", "score a predictions file (JSON lines or Parquet) with the metrics harness → table + JSON"),
-    "predict": (None, "a patient's visits as JSON → ranked medications, cluster and expert weights"),
+    "predict": ("trixmed.pipeline.predict_cmd", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
     "explain": (None, "a patient → cluster, experts, similar training patients, cluster profile"),
     "report": (None, "a run or a Tune experiment → HTML/Markdown report"),
     "tune": (None, "Ray Tune sweep over tune_spaces/*.yaml"),
-    "run": (None, "chain every stage over a run directory (skips stages already complete)"),
+    "run": ("trixmed.pipeline.run_cmd", "chain every stage over a run directory (skips stages already complete)"),
 }
 
 

@@ -1,0 +1,173 @@
+"""The whole TRIXMED pipeline on MIMIC-III (SafeDrug 131), codes backbone, 2 Ray workers, ZeRO-2.
+
+    python benchmarks/pipeline.py [--config configs/mimic3_codes.yaml] [--run-dir DIR] [key=value ...]
+    python benchmarks/pipeline.py --config configs/demo_cpu.yaml --out benchmarks/results/pipeline_demo.json
+
+Writes benchmarks/results/pipeline.json: bootstrap test metrics, per-stage wall time, training
+samples/s, peak memory (RSS summed over the driver and every Ray process it started, sampled
+every 0.2 s), and the distributed overhead ratio: the experts phase's 2-worker Ray + DeepSpeed
+training throughput ÷ a plain single-process PyTorch loop training the same model with the
+same global batch on the same cores, measured in the same run.
+
+The benchmark data are credentialed-derived: read in place from ../shared/data, and the run
+directory (which holds the prepared dataset) defaults to the system temp dir, outside the checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+class PeakRSS:
+    """Peak of the summed RSS of this process and all its descendants (Ray's raylet, workers...)."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def plain_throughput(cfg, run_dir: Path, steps: int) -> float:
+    """Samples/s of a plain PyTorch loop (no Ray, no DeepSpeed, one process, all cores) training
+    the experts model exactly as the engine does: same init, collator, loss, AdamW, global batch."""
+    import numpy as np
+    import torch
+
+    from trixmed.data.dataset import Dataset
+    from trixmed.train.engine import build_phase_model, cluster_lookup
+    from trixmed.train.inference import collator_for
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    ds = Dataset(run_dir / "dataset")
+    train = ds.samples("train")
+    clusters = cluster_lookup(run_dir)
+    collate = collator_for(cfg, ds.vocab, "experts")
+    model = build_phase_model(cfg, ds, "experts", run_dir)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.experts.lr)
+    batch_size = cfg.experts.effective_batch_size
+    perm = np.random.default_rng(cfg.seed).permutation(len(train))
+
+    def step(i: int) -> None:
+        chosen = [train[j] for j in perm[(i * batch_size) % (len(train) - batch_size):][:batch_size]]
+        batch = collate(chosen, [clusters[s.visit_key] for s in chosen])
+        out = model(batch)
+        loss, _ = model.loss(batch, out, cfg.experts)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.experts.grad_clip)
+        opt.step()
+
+    for i in range(3):   # warm-up iterations, not timed
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i + 3)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "mimic3_codes.yaml"))
+    # outside the checkout: the run directory holds a dataset derived from credentialed MIMIC data
+    parser.add_argument("--run-dir", default=str(Path(tempfile.gettempdir()) / "trixmed_bench_pipeline"))
+    parser.add_argument("--keep", action="store_true", help="reuse an existing run directory (stages up to date are skipped)")
+    parser.add_argument("--plain-steps", type=int, default=60, help="timed steps of the plain PyTorch loop")
+    parser.add_argument("--out", default=str(RESULTS / "pipeline.json"))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    from trixmed.config import load_config, to_dict
+    from trixmed.io import read_json, write_json
+    from trixmed.paths import shared_data_dir
+    from trixmed.pipeline.stages import run_pipeline
+    from trixmed.train.launch import release_ray
+
+    run_dir = Path(args.run_dir)
+    overrides = [f"run_dir={run_dir}"]
+    if load_config(args.config, args.overrides).data.source == "benchmark":
+        shared = shared_data_dir()
+        if shared is None:
+            print("benchmarks/pipeline.py: ../shared/data not found (set TRIXMED_SHARED_DATA)", file=sys.stderr)
+            return 2
+        overrides.append(f"data.path={shared / 'benchmark' / 'mimic3_safedrug131'}")
+    cfg = load_config(args.config, [*overrides, *args.overrides])
+    if run_dir.exists() and not args.keep:
+        shutil.rmtree(run_dir)
+
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        try:
+            results = run_pipeline(cfg)
+        finally:
+            release_ray()
+        total = time.perf_counter() - t0
+        plain = plain_throughput(cfg, run_dir, args.plain_steps)
+
+    histories = {p: read_json(run_dir / p / "history.json") for p in ("warmup", "experts")}
+    sps = {p: h["epochs"] and sum(e["samples_per_s"] for e in h["epochs"]) / len(h["epochs"]) for p, h in histories.items()}
+    metrics = read_json(run_dir / "eval" / "metrics.json")
+    import torch
+
+    result = {
+        "data": cfg.data.path or "bundled MIMIC-III demo",
+        "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO) else args.config,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "distributed": to_dict(cfg.distributed),
+        "pipeline_wall_s": round(total, 1),
+        "stages": {r.name: {"status": r.status, "wall_s": round(r.wall_s, 1)} for r in results},
+        "train_samples_per_s": {p: round(v, 1) for p, v in sps.items()},
+        "plain_pytorch_samples_per_s": round(plain, 1),
+        "distributed_overhead_ratio": round(sps["experts"] / plain, 3),
+        "peak_rss_gib": round(mem.peak / 1024**3, 2),
+        "threshold": metrics["threshold"],
+        "test_metrics": {k: {"mean": round(v["mean"], 4), "std": round(v["std"], 4), "point": round(v["point"], 4)}
+                         for k, v in metrics["metrics"].items()},
+        "histories": {p: [{k: e[k] for k in ("epoch", "train_loss", "val_jaccard", "samples_per_s")} for e in h["epochs"]]
+                      for p, h in histories.items()},
+    }
+    write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("pipeline_wall_s", "stages", "train_samples_per_s", "plain_pytorch_samples_per_s",
+                                              "distributed_overhead_ratio", "peak_rss_gib")}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Content-hash stage skipping and atomic stage outputs, on the cheap stratify stage (no Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trixmed.config import load_config
+from trixmed.errors import TrixmedError
+from trixmed.pipeline import stages as stages_mod
+from trixmed.pipeline.run_dir import RunDir, hash_paths
+from trixmed.pipeline.stages import run_stage
+
+
+def write_features(root, seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(c, 0.3, size=(n // 3, 8)) for c in (-3, 0, 3)]).astype(np.float32)
+    split = np.array(["train", "val", "test"] * (n // 3))
+    (root / "features").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "visit_key": [f"p{i}:0" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+        "split": split, "features": list(x),
+    }).to_parquet(root / "features" / "features.parquet", index=False)
+
+
+def cfg_for(root, *extra):
+    return load_config(None, [f"run_dir={root}", "stratify.pca_components=4", "stratify.num_clusters=3", *extra])
+
+
+def test_stage_runs_once_then_skips_until_inputs_or_config_change(tmp_path):
+    write_features(tmp_path)
+    log: list[str] = []
+    assert run_stage(cfg_for(tmp_path), "stratify", log=log.append).status == "ran"
+    assign = pd.read_parquet(tmp_path / "clusters" / "assignments.parquet")
+    assert len(assign) == 60 and set(assign["cluster"]) == {0, 1, 2}
+    assert run_stage(cfg_for(tmp_path), "stratify", log=log.append).status == "skipped"
+    # an unrelated config section does not invalidate the stage
+    assert run_stage(cfg_for(tmp_path, "experts.lr=0.5"), "stratify", log=log.append).status == "skipped"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", log=log.append).status == "ran"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", log=log.append).status == "skipped"
+    write_features(tmp_path, seed=1)   # new content → re-run
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", log=log.append).status == "ran"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", force=True, log=log.append).status == "ran"
+    state = RunDir(tmp_path).state()["stages"]["stratify"]
+    assert state["input_hash"] == hash_paths([tmp_path / "features"])
+    assert state["summary"]["num_clusters"] == 2
+
+
+def test_interrupted_stage_leaves_no_output_and_reruns(tmp_path, monkeypatch):
+    write_features(tmp_path)
+    real = stages_mod.STAGES["stratify"]
+
+    def interrupted(cfg, rd, out, ihash):
+        (out / "assignments.parquet").write_text("half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages_mod.STAGES, "stratify", dataclasses.replace(real, run=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg_for(tmp_path), "stratify", log=lambda _: None)
+    assert not (tmp_path / "clusters").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["features"]   # no temp dir, no run.json entry
+    monkeypatch.setitem(stages_mod.STAGES, "stratify", real)
+    assert run_stage(cfg_for(tmp_path), "stratify", log=lambda _: None).status == "ran"
+
+
+def test_missing_input_names_the_directory(tmp_path):
+    with pytest.raises(TrixmedError, match=r"features: missing; stage stratify needs it"):
+        run_stage(cfg_for(tmp_path), "stratify", log=lambda _: None)
+
+
+def test_hash_ignores_hidden_entries_but_not_content(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("x")
+    h = hash_paths([tmp_path / "d"])
+    (tmp_path / "d" / ".tmp-partial").mkdir()
+    (tmp_path / "d" / ".tmp-partial" / "b").write_text("y")
+    assert hash_paths([tmp_path / "d"]) == h
+    (tmp_path / "d" / "a.txt").write_text("z")
+    assert hash_paths([tmp_path / "d"]) != h

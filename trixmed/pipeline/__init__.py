@@ -1,0 +1,1 @@
+"""The staged pipeline over a run directory: prepare → warmup → extract → stratify → experts → evaluate."""

@@ -1,0 +1,46 @@
+"""`trixmed predict`: a patient's visits as JSON → ranked medications, cluster, expert weights.
+
+Input: {"visits": [{"diag": [...], "proc": [...], "med": [...]}, ...]}, oldest first; the last
+visit is the one to prescribe for (its "med" is ignored). Codes are the dataset's code strings.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", help="a trained run directory (default: the config's run_dir)")
+    parser.add_argument("--input", required=True, help="patient JSON file")
+    parser.add_argument("--output", help="write the JSON result here (default: stdout)")
+    parser.add_argument("--top", type=int, default=10, help="medications listed (default 10; 0 = all)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+
+    from trixmed.config import load_config
+    from trixmed.data.dataset import Dataset
+    from trixmed.errors import TrixmedError
+    from trixmed.io import atomic_file, read_json
+    from trixmed.pipeline.predictions import predict_patient, read_patient
+    from trixmed.pipeline.run_dir import RunDir
+
+    overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    cfg = load_config(args.config, overrides)
+    rd = RunDir(cfg.run_dir)
+    metrics = rd / "eval" / "metrics.json"
+    if not metrics.is_file():
+        raise TrixmedError(metrics, "missing; predict needs a trained and evaluated run (`trixmed run`)")
+    ds = Dataset(rd / "dataset")
+    sample = read_patient(args.input, ds.vocab)
+    result = predict_patient(cfg, rd, sample, ds, float(read_json(metrics)["threshold"]))
+    if args.top > 0:
+        result["medications"] = result["medications"][: args.top]
+    text = json.dumps(result, indent=2)
+    if args.output:
+        with atomic_file(args.output) as fh:
+            fh.write(text + "\n")
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,138 @@
+"""The trained TRIXMED model applied to dataset visits or to a new patient.
+
+Routing uses exactly the training-time path: frozen warm-up model → pooled features → the
+stored PCA/z-score transform → nearest centroid → the experts model with that cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trixmed.config import Config
+from trixmed.data.dataset import Dataset, Sample, Visit
+from trixmed.errors import TrixmedError
+from trixmed.io import atomic_file
+from trixmed.pipeline.run_dir import RunDir
+
+
+@dataclass
+class Predictions:
+    samples: list[Sample]
+    probs: np.ndarray             # [N, n_med]
+    clusters: np.ndarray          # [N]
+    gates: np.ndarray | None      # [N, E] expert weights (None for an un-routed model)
+
+
+def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> Predictions:
+    """Probabilities of the trained experts model on a dataset split, routed by the stored clusters."""
+    import pandas as pd
+
+    from trixmed.models import load_model
+    from trixmed.train.inference import collator_for, infer
+
+    samples = ds.samples(split)
+    assign = pd.read_parquet(rd / "clusters" / "assignments.parquet", columns=["visit_key", "cluster"])
+    lookup = dict(zip(assign["visit_key"].astype(str), assign["cluster"].astype(int)))
+    clusters = [lookup[s.visit_key] for s in samples]
+    model = load_model(rd / "experts" / "model", cfg, ds.vocab)
+    out = infer(model, collator_for(cfg, ds.vocab), samples, clusters, progress=f"predict {split}")
+    return Predictions(samples, out["probs"], np.asarray(clusters), out.get("gates"))
+
+
+def predictions_frame(preds: Predictions, med_vocab: list[str], threshold: float):
+    """The predictions-file format `trixmed evaluate --predictions` reads (docs/metrics.md)."""
+    import pandas as pd
+
+    rows = []
+    for s, p in zip(preds.samples, preds.probs):
+        rows.append({
+            "visit_key": s.visit_key,
+            "predicted": [med_vocab[j] for j in np.flatnonzero(p >= threshold)],
+            "probabilities": {med_vocab[j]: float(p[j]) for j in range(len(med_vocab))},
+        })
+    return pd.DataFrame(rows)
+
+
+def write_predictions_jsonl(frame, path: str | Path) -> None:
+    with atomic_file(path) as fh:
+        for row in frame.to_dict("records"):
+            fh.write(json.dumps(row) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# A new patient
+
+
+def read_patient(path: str | Path, vocab) -> Sample:
+    """`{"visits": [{"diag": [...], "proc": [...], "med": [...]}, ...]}`; the last visit is the one
+    to prescribe for (its "med" is ignored). Unknown codes are errors naming the field."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise TrixmedError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise TrixmedError(path, f"not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise TrixmedError(path, f"not valid JSON: line {exc.lineno}: {exc.msg}") from None
+    visits = raw.get("visits") if isinstance(raw, dict) else None
+    if not isinstance(visits, list) or not visits:
+        raise TrixmedError(path, 'expected {"visits": [ {"diag": [...], "proc": [...], "med": [...]}, ... ]} with at least one visit')
+    out = []
+    for i, v in enumerate(visits):
+        if not isinstance(v, dict):
+            raise TrixmedError(path, f"visits[{i}]: expected an object")
+        unknown = set(v) - {"diag", "proc", "med"}
+        if unknown:
+            raise TrixmedError(path, f"visits[{i}]: unknown field {sorted(unknown)[0]!r} (known: diag, proc, med)")
+        codes = {}
+        for kind in ("diag", "proc", "med"):
+            items = v.get(kind, [])
+            if not isinstance(items, list) or not all(isinstance(c, str) for c in items):
+                raise TrixmedError(path, f"visits[{i}].{kind}: expected a list of code strings")
+            known = vocab.index(kind)
+            for j, c in enumerate(items):
+                if c not in known:
+                    raise TrixmedError(path, f"visits[{i}].{kind}[{j}]: code {c!r} is not in the model's {kind} vocabulary")
+            codes[kind] = tuple(items) if not (kind == "med" and i == len(visits) - 1) else ()
+        out.append(Visit(codes["diag"], codes["proc"], codes["med"]))
+    return Sample(visit_key=f"input:{len(out) - 1}", patient_id="input", split="test", visits=tuple(out))
+
+
+def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, threshold: float) -> dict[str, Any]:
+    """Ranked medications with probabilities, the patient's cluster and the expert weights."""
+    from trixmed.cluster import ClusterTransform
+    from trixmed.models import load_model
+    from trixmed.text.titles import CodeTitles
+    from trixmed.train.inference import collator_for, infer
+
+    collate = collator_for(cfg, ds.vocab)
+    warm = load_model(rd / "warmup" / "model", cfg, ds.vocab)
+    features = infer(warm, collate, [sample])["pooled"]
+    cluster, distance = ClusterTransform.load(rd / "clusters").assign(features)
+    experts = load_model(rd / "experts" / "model", cfg, ds.vocab)
+    out = infer(experts, collate, [sample], [int(cluster[0])])
+    probs = out["probs"][0]
+    order = np.argsort(-probs, kind="stable")
+    titles = CodeTitles.default()
+    meds = ds.vocab.med
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "predicted": [meds[j] for j in order if probs[j] >= threshold],
+        "medications": [{"code": meds[j], "name": titles.med(meds[j]), "probability": round(float(probs[j]), 6)} for j in order],
+        "cluster": int(cluster[0]),
+        "cluster_distance": round(float(distance[0]), 6),
+    }
+    if "gates" in out:
+        # G = softmax over all experts; the top-n of G are the experts applied, with weights Γ
+        g = out["gates"][0]
+        top = np.argsort(-g, kind="stable")[: cfg.model.moe.top_n]
+        result["expert_weights"] = [round(float(w), 6) for w in g]
+        gamma = g[top] / g[top].sum() if cfg.model.moe.renormalize else g[top]
+        result["experts"] = [{"expert": int(e), "weight": round(float(w), 6)} for e, w in zip(top, gamma)]
+    return result

@@ -1,0 +1,207 @@
+"""The pipeline stages over a run directory, and `run_pipeline` that chains them.
+
+Each stage reads earlier stages' outputs, writes its own output directory through `atomic_dir`
+(nothing half-written survives an interruption) and is recorded in run.json with the content
+hash of its inputs and of the config keys it depends on. A stage whose output exists with the
+same hashes is skipped, so `trixmed run` after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trixmed.config import Config, to_dict
+from trixmed.errors import TrixmedError
+from trixmed.io import atomic_dir, write_json
+from trixmed.pipeline.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
+
+# distributed settings that change what is trained (not how failures or plans are handled)
+_DIST_KEYS = ("num_workers", "use_gpu", "zero_stage", "precision")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]       # run-dir subdirectories read (their content is hashed)
+    config_keys: tuple[str, ...]  # config sections the result depends on
+    run: Callable[[Config, RunDir, Path, str], dict[str, Any]]  # (cfg, run dir, staging dir, input hash) → summary
+
+    @property
+    def output(self) -> str:
+        return {"warmup": "warmup", "extract": "features", "stratify": "clusters", "experts": "experts",
+                "evaluate": "eval", "prepare": "dataset"}[self.name]
+
+
+def config_hash(cfg: Config, keys: tuple[str, ...]) -> str:
+    raw = to_dict(cfg)
+    picked = {k: raw[k] for k in keys if k != "distributed"}
+    if "distributed" in keys:
+        picked["distributed"] = {k: raw["distributed"][k] for k in _DIST_KEYS}
+    return hash_json(picked)
+
+
+def input_hash(cfg: Config, rd: RunDir, stage: Stage) -> str:
+    if stage.name == "prepare":
+        src = [Path(cfg.data.path)] if cfg.data.path else []
+        return fingerprint_paths([p for p in src if p.exists()])
+    missing = [name for name in stage.inputs if not (rd / name).is_dir()]
+    if missing:
+        raise TrixmedError(rd / missing[0], f"missing; stage {stage.name} needs it (run the earlier stages or `trixmed run`)")
+    return hash_paths([rd / name for name in stage.inputs])
+
+
+# --------------------------------------------------------------------------------------------
+# Stage bodies
+
+
+def _prepare(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+    from trixmed.data.dataset import Dataset
+    from trixmed.data.prepare import prepare
+
+    # prepare writes <run_dir>/dataset atomically itself; `out` stays unused
+    ds = Dataset(prepare(cfg))
+    return {k: ds.card.get(k) for k in ("patients", "visits") if k in ds.card}
+
+
+def _train(phase: str) -> Callable[[Config, RunDir, Path, str], dict[str, Any]]:
+    def body(cfg: Config, rd: RunDir, out: Path, ihash: str) -> dict[str, Any]:
+        from trixmed.train.launch import fit
+
+        name = f"{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].config_keys)])[:12]}"
+        history = fit(cfg, rd.root, phase, out, run_name=name)
+        epochs = history["epochs"]
+        return {
+            "best_val_jaccard": history["best_val_jaccard"],
+            "best_epoch": history["best_epoch"],
+            "epochs": len(epochs),
+            "first_loss": epochs[0]["train_loss"],
+            "last_loss": epochs[-1]["train_loss"],
+            "samples_per_s": float(np.mean([e["samples_per_s"] for e in epochs])),
+        }
+
+    return body
+
+
+def _extract(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+    import pandas as pd
+
+    from trixmed.data.dataset import Dataset
+    from trixmed.models import load_model
+    from trixmed.train.inference import collator_for, infer
+
+    ds = Dataset(rd / "dataset")
+    model = load_model(rd / "warmup" / "model", cfg, ds.vocab)
+    samples = ds.samples()
+    pooled = infer(model, collator_for(cfg, ds.vocab), samples, progress="extract")["pooled"].astype(np.float32)
+    df = pd.DataFrame({
+        "visit_key": [s.visit_key for s in samples],
+        "patient_id": [s.patient_id for s in samples],
+        "split": [s.split for s in samples],
+        "features": list(pooled),
+    })
+    df.to_parquet(out / "features.parquet", index=False)
+    return {"samples": len(df), "dim": int(pooled.shape[1])}
+
+
+def read_features(rd: RunDir):
+    import pandas as pd
+
+    df = pd.read_parquet(rd / "features" / "features.parquet")
+    return df, np.stack(df["features"].to_numpy()).astype(np.float64)
+
+
+def _stratify(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+    import pandas as pd
+
+    from trixmed.cluster import fit_clusters
+
+    df, x = read_features(rd)
+    train = (df["split"] == "train").to_numpy()
+    transform = fit_clusters(x[train], cfg.stratify, cfg.seed)
+    labels, dist = transform.assign(x)
+    transform.save(out)
+    pd.DataFrame({
+        "visit_key": df["visit_key"], "patient_id": df["patient_id"], "split": df["split"],
+        "cluster": labels, "distance": dist,
+    }).to_parquet(out / "assignments.parquet", index=False)
+    sizes = np.bincount(labels[train], minlength=transform.num_clusters)
+    write_json(out / "profile.json", {"train_cluster_sizes": sizes.tolist()})
+    return {"num_clusters": transform.num_clusters, "train_cluster_sizes": sizes.tolist()}
+
+
+def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+    from trixmed.data.dataset import Dataset
+    from trixmed.eval.evaluate import evaluate_predictions, format_table
+    from trixmed.eval.metrics import choose_threshold
+    from trixmed.pipeline.predictions import model_predictions, predictions_frame, write_predictions_jsonl
+
+    ds = Dataset(rd / "dataset")
+    preds = {split: model_predictions(cfg, rd, ds, split) for split in ("val", "test")}
+    # the decision threshold is chosen on validation only; test is scored once with it
+    threshold = cfg.eval.threshold
+    if threshold is None:
+        val = preds["val"]
+        threshold = float(choose_threshold(ds.multi_hot([s.target for s in val.samples]), val.probs))
+    for split, p in preds.items():
+        write_predictions_jsonl(predictions_frame(p, ds.vocab.med, threshold), out / f"predictions_{split}.jsonl")
+    result = evaluate_predictions(ds, out / "predictions_test.jsonl", "test", cfg.eval)
+    result["threshold"] = threshold
+    result["threshold_chosen_on"] = "val" if cfg.eval.threshold is None else "config"
+    write_json(out / "metrics.json", result)
+    (out / "metrics.md").write_text(format_table(result) + "\n", encoding="utf-8")
+    return {"threshold": threshold, **{k: v["mean"] for k, v in result["metrics"].items()}}
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("prepare", (), ("data", "text"), _prepare),
+        Stage("warmup", ("dataset",), ("seed", "model", "warmup", "distributed"), _train("warmup")),
+        Stage("extract", ("dataset", "warmup"), ("model",), _extract),
+        Stage("stratify", ("features",), ("seed", "stratify"), _stratify),
+        Stage("experts", ("dataset", "warmup", "clusters"), ("seed", "model", "experts", "distributed"), _train("experts")),
+        Stage("evaluate", ("dataset", "experts", "clusters"), ("model", "eval"), _evaluate),
+    )
+}
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str          # "ran" | "skipped"
+    wall_s: float
+    summary: dict[str, Any]
+
+
+def run_stage(cfg: Config, name: str, *, force: bool = False, log: Callable[[str], None] = print) -> StageResult:
+    """Run one stage over `cfg.run_dir` unless it is already complete for these inputs and config."""
+    stage = STAGES[name]
+    rd = RunDir(cfg.run_dir)
+    ihash = input_hash(cfg, rd, stage)
+    chash = config_hash(cfg, stage.config_keys)
+    if not force and rd.is_complete(name, stage.output, ihash, chash):
+        entry = rd.state()["stages"][name]
+        log(f"[{name}] up to date, skipped ({rd / stage.output})")
+        return StageResult(name, "skipped", 0.0, entry.get("summary", {}))
+    log(f"[{name}] running → {rd / stage.output}")
+    t0 = time.perf_counter()
+    if name == "prepare":
+        summary = stage.run(cfg, rd, rd / stage.output, ihash)
+    else:
+        with atomic_dir(rd / stage.output) as tmp:
+            summary = stage.run(cfg, rd, tmp, ihash)
+    wall = time.perf_counter() - t0
+    rd.mark_complete(name, ihash, chash, wall, summary=summary)
+    log(f"[{name}] done in {wall:.1f} s")
+    return StageResult(name, "ran", wall, summary)
+
+
+def run_pipeline(cfg: Config, *, stages: list[str] | None = None, force: bool = False,
+                 log: Callable[[str], None] = print) -> list[StageResult]:
+    return [run_stage(cfg, name, force=force, log=log) for name in (stages or list(STAGES))]

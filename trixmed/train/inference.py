@@ -1,0 +1,74 @@
+"""Batched, gradient-free passes of a trained model over samples (features, predictions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from trixmed.data.dataset import Sample
+
+
+@torch.no_grad()
+def infer(
+    model: torch.nn.Module,
+    collate: Callable[..., dict[str, Any]],
+    samples: list[Sample],
+    clusters: list[int] | None = None,
+    batch_size: int = 64,
+    progress: str | None = None,
+) -> dict[str, np.ndarray]:
+    """probs [N, n_med], pooled [N, H] and, for routed models, gates [N, E]."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    probs, pooled, gates = [], [], []
+    starts = range(0, len(samples), batch_size)
+    for start in tqdm(starts, desc=progress, disable=progress is None, mininterval=5):
+        chunk = samples[start:start + batch_size]
+        cl = clusters[start:start + batch_size] if clusters is not None else None
+        out = model(collate(chunk, cl))
+        probs.append(torch.sigmoid(out.logits.float()).numpy())
+        pooled.append(out.pooled.float().numpy())
+        if out.gates is not None:
+            gates.append(out.gates.float().numpy())
+    result = {"probs": np.concatenate(probs), "pooled": np.concatenate(pooled)}
+    if gates:
+        result["gates"] = np.concatenate(gates)
+    return result
+
+
+def collator_for(cfg, vocab, phase: str | None = None):
+    """The model's collator; the hf backbone gets its tokenizer, and LM targets only in warm-up
+    training with λ_LM > 0 (`phase` None = inference)."""
+    from trixmed.models import build_collator
+
+    if cfg.model.backbone == "codes":
+        return _NonEmptyCodes(build_collator(cfg, vocab), vocab.sizes())
+    from trixmed.models.hf import load_tokenizer
+
+    with_output = phase == "warmup" and cfg.warmup.lm_weight > 0
+    return build_collator(cfg, vocab, tokenizer=load_tokenizer(cfg.model.hf), with_output=with_output)
+
+
+class _NonEmptyCodes:
+    """Gives every code tensor at least one (padding) slot.
+
+    A batch without, say, any history medication has a [B, V, 0] `med` tensor; the backbone then
+    skips that embedding table and its weight gets no gradient on that rank only. ZeRO-1/2 bucket
+    gradients by the order they arrive, so ranks would then disagree on their collectives and
+    gloo aborts. An all-padding slot embeds to zero but keeps the table in the graph.
+    """
+
+    def __init__(self, collate, sizes: dict[str, int]):
+        self.collate, self.sizes = collate, sizes
+
+    def __call__(self, samples, clusters=None):
+        batch = self.collate(samples, clusters)
+        for kind, pad in self.sizes.items():
+            codes = batch.get(kind)
+            if isinstance(codes, torch.Tensor) and codes.shape[-1] == 0:
+                batch[kind] = torch.full((*codes.shape[:-1], 1), pad, dtype=codes.dtype)
+        return batch
