@@ -137,3 +137,16 @@ def test_save_load_round_trip(tmp_path, vocab, titles, phase):
     other = dataclasses.replace(vocab, med=vocab.med + ["EXTRA"], _index={})
     with pytest.raises(TrixmedError, match="med vocabulary"):
         load_model(tmp_path / "m", cfg, other)
+
+
+def test_every_code_table_gets_a_gradient_without_history_meds(vocab, titles):
+    # One-visit samples have no history medication: the med table must still be in the graph,
+    # or ranks of a ZeRO-2 group disagree on which gradients they reduce.
+    cfg = tiny_config()
+    model = build_model(cfg, vocab, phase="warmup", titles=titles)
+    samples = [Sample(f"p{i}:0", f"p{i}", "train", (Visit(("D1",), ("P1",), ("M1", "M2")),)) for i in range(3)]
+    batch = build_collator(cfg, vocab)(samples)
+    assert batch["med"].shape[-1] == 0
+    out = model(batch)
+    model.loss(batch, out, cfg.warmup)[0].backward()
+    assert all(model.backbone.code_emb[k].weight.grad is not None for k in ("diag", "proc", "med"))

@@ -90,10 +90,12 @@ class CodesBackbone(nn.Module):
         parts = []
         for kind in KINDS:
             codes = batch[kind]                                  # [B, V, L]
+            if codes.shape[-1] == 0:
+                # An all-padding slot embeds to zero like the empty list, but keeps this table in the
+                # graph: otherwise its weight gets no gradient on this rank only and ZeRO's gradient
+                # reductions disagree across ranks (gloo aborts).
+                codes = codes.new_full((*codes.shape[:-1], 1), self.sizes[kind])
             b, v, length = codes.shape
-            if length == 0:
-                parts.append(self.code_emb[kind].weight.new_zeros(b, v, self.hidden_size))
-                continue
             bag = F.embedding_bag(codes.reshape(b * v, length), self._table(kind), mode="mean",
                                   padding_idx=self.sizes[kind])
             parts.append(bag.view(b, v, -1))

@@ -46,29 +46,8 @@ def collator_for(cfg, vocab, phase: str | None = None):
     from trixmed.models import build_collator
 
     if cfg.model.backbone == "codes":
-        return _NonEmptyCodes(build_collator(cfg, vocab), vocab.sizes())
+        return build_collator(cfg, vocab)
     from trixmed.models.hf import load_tokenizer
 
     with_output = phase == "warmup" and cfg.warmup.lm_weight > 0
     return build_collator(cfg, vocab, tokenizer=load_tokenizer(cfg.model.hf), with_output=with_output)
-
-
-class _NonEmptyCodes:
-    """Gives every code tensor at least one (padding) slot.
-
-    A batch without, say, any history medication has a [B, V, 0] `med` tensor; the backbone then
-    skips that embedding table and its weight gets no gradient on that rank only. ZeRO-1/2 bucket
-    gradients by the order they arrive, so ranks would then disagree on their collectives and
-    gloo aborts. An all-padding slot embeds to zero but keeps the table in the graph.
-    """
-
-    def __init__(self, collate, sizes: dict[str, int]):
-        self.collate, self.sizes = collate, sizes
-
-    def __call__(self, samples, clusters=None):
-        batch = self.collate(samples, clusters)
-        for kind, pad in self.sizes.items():
-            codes = batch.get(kind)
-            if isinstance(codes, torch.Tensor) and codes.shape[-1] == 0:
-                batch[kind] = torch.full((*codes.shape[:-1], 1), pad, dtype=codes.dtype)
-        return batch
