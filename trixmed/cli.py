@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "extract": ("trixmed.pipeline.stage_cmd", "pooled hidden states of every training sample → features/"),
     "stratify": ("trixmed.pipeline.stage_cmd", "PCA + z-score + K-means → clusters/"),
     "experts": ("trixmed.pipeline.stage_cmd", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
-    "evaluate": ("trixmed.eval.evaluate_cmd", "score a predictions file (JSON lines or Parquet) with the metrics harness → table + JSON"),
+    "evaluate": ("trixmed.eval.evaluate_cmd", "score a trained run (threshold on val, bootstrap on test) or any predictions file → table + JSON"),
     "predict": ("trixmed.pipeline.predict_cmd", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
     "explain": (None, "a patient → cluster, experts, similar training patients, cluster profile"),
     "report": (None, "a run or a Tune experiment → HTML/Markdown report"),

@@ -85,6 +85,21 @@ def test_predict_routes_a_new_patient(reference, tmp_path, capsys):
     assert "visits[0].diag[0]: code 'NOPE' is not in the model's diag vocabulary" in capsys.readouterr().err
 
 
+def test_evaluate_command_scores_the_run_and_its_predictions_file(reference, capsys):
+    from trixmed.cli import main
+
+    root, _ = reference
+    stored = json.loads((root / "eval" / "metrics.json").read_text())
+    assert main(["evaluate", *TINY_OVERRIDES, f"run_dir={root}"]) == 0   # up to date: the stored result
+    assert "Jaccard" in capsys.readouterr().out
+    # the written predictions file scores to the same point estimate through the public harness
+    out = root / "rescored.json"
+    assert main(["evaluate", "--dataset", str(root / "dataset"), "--predictions", str(root / "eval" / "predictions_test.jsonl"),
+                 "--out", str(out), *TINY_OVERRIDES]) == 0
+    rescored = json.loads(out.read_text())
+    assert rescored["metrics"]["jaccard"]["point"] == pytest.approx(stored["metrics"]["jaccard"]["point"], abs=1e-9)
+
+
 def test_killed_worker_restores_and_matches_uninterrupted_run(reference, tmp_path):
     ref_root, _ = reference
     shutil.copytree(ref_root / "dataset", tmp_path / "dataset")

@@ -27,12 +27,15 @@ def build_plan(cfg: Config) -> dict[str, Any]:
     world = d.num_workers
     rd = RunDir(cfg.run_dir)
     stages = []
+    upstream_runs = False   # once a stage re-runs, every later stage gets new inputs
     for name, stage in STAGES.items():
         try:
-            done = rd.is_complete(name, stage.output, input_hash(cfg, rd, stage), config_hash(cfg, stage.config_keys))
-            status = "up to date (skip)" if done else "will run"
+            done = not upstream_runs and rd.is_complete(
+                name, stage.output, input_hash(cfg, rd, stage), config_hash(cfg, stage.config_keys))
+            status = "up to date (skip)" if done else ("will run (after its inputs)" if upstream_runs else "will run")
         except TrixmedError:
             status = "will run (after its inputs)"
+        upstream_runs = upstream_runs or not status.startswith("up to date")
         stages.append({"stage": name, "output": str(rd / stage.output), "status": status})
     phases = {}
     for phase in ("warmup", "experts"):
