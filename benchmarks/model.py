@@ -57,22 +57,10 @@ def _samples(vocab, n: int, seed: int = 0):
 
 
 def _tiny_llama(path: Path) -> None:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from trixmed.testing import save_tiny_llama
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     text = (ROOT / "trixmed/resources/descriptions/icd9_diagnoses.csv").read_text().splitlines()[:3000]
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<s>", "</s>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                 bos_token_id=0, eos_token_id=1)).save_pretrained(path)
+    save_tiny_llama(path, text, vocab_size=2000, hidden_size=64, max_positions=4096)
 
 
 def run_one(backbone: str, variant: str, steps: int, batch_size: int, threads: int, hf_dir: str | None) -> dict:

@@ -28,3 +28,17 @@ def test_atomic_file_leaves_nothing_on_failure(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
     write_json(target, {"a": 1})
     assert read_json(target) == {"a": 1}
+
+
+def test_artifacts_get_umask_permissions_not_private_temp_ones(tmp_path: Path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {})
+        with atomic_dir(tmp_path / "stage") as tmp:
+            (tmp / "x").write_text("")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "stage").stat().st_mode & 0o777 == 0o755

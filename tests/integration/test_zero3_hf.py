@@ -6,35 +6,20 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from pipeline.tinydata import TINY_OVERRIDES, make_tiny_dataset
 from trixmed.config import load_config
 from trixmed.pipeline.stages import run_stage
+from trixmed.testing import save_tiny_llama
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["Based on the patient's historical medical records, predict the medications",
-                             "Visit diagnoses procedures medications unknown code D01 P02 M03"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                 bos_token_id=0, eos_token_id=1)).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"),
+                           ["Based on the patient's historical medical records, predict the medications",
+                            "Visit diagnoses procedures medications unknown code D01 P02 M03"], vocab_size=300, max_positions=512)
 
 
 def test_zero3_hf_warmup_exports_reloadable_adapters(ray_session, llama_dir, tmp_path):

@@ -6,28 +6,13 @@ import torch
 from model_helpers import FakeTitles, make_samples, tiny_config
 from trixmed.models import build_collator, build_model, load_model, save_model
 from trixmed.models.hf import load_tokenizer
+from trixmed.testing import save_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["Instruction: predict the medications", "Input: visit diag proc med common"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=0, eos_token_id=1)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"),
+                           ["Instruction: predict the medications", "Input: visit diag proc med common"])
 
 
 def _cfg(llama_dir, *extra):
