@@ -35,6 +35,7 @@ def test_overrides_are_typed(tmp_path: Path):
         ("", "data.source=mimic4", "data.path"),
         ("model: [1, 2]\n", None, "model: expected a mapping"),
         ("", "distributed.zero_stage=4", "zero_stage"),
+        ("distributed: {zero_stage: 3}\n", "model.moe.ep_size=2", "ZeRO-3"),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path: Path, text, override, needle):

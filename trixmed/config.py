@@ -288,6 +288,8 @@ class Config:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate(f.name)
+        if self.model.moe.ep_size > 1 and self.distributed.zero_stage == 3:
+            raise TrixmedError("model.moe.ep_size", "experts partitioned over ranks need distributed.zero_stage 1 or 2 (DeepSpeed refuses MoE under ZeRO-3)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from trixmed.io import write_json
+from helpers import make_dataset_dir
 
 
 def make_tiny_dataset(root: Path, *, patients: int = 60, seed: int = 0) -> Path:
@@ -28,16 +27,9 @@ def make_tiny_dataset(root: Path, *, patients: int = 60, seed: int = 0) -> Path:
                 "patient_id": f"p{p}", "visit_order": v, "visit_key": f"p{p}:{v}", "split": split,
                 "diag": [diag[i] for i in d], "proc": [proc[i] for i in pr], "med": [med[i] for i in m],
             })
-    out = Path(root) / "dataset"
-    out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df["visit_order"] = df["visit_order"].astype("int32")
-    df.to_parquet(out / "visits.parquet", index=False)
-    write_json(out / "vocab.json", {"diag": diag, "proc": proc, "med": med})
     ddi = np.zeros((len(med), len(med)), dtype=np.uint8)
     ddi[0, 1] = ddi[1, 0] = ddi[2, 5] = ddi[5, 2] = 1
-    np.savez(out / "ddi.npz", ddi=ddi)
-    return out
+    return make_dataset_dir(Path(root) / "dataset", rows, {"diag": diag, "proc": proc, "med": med}, ddi)
 
 
 TINY_OVERRIDES = [
