@@ -49,6 +49,17 @@ def test_stage_runs_once_then_skips_until_inputs_or_config_change(tmp_path):
     assert state["summary"]["num_clusters"] == 2
 
 
+def test_moe_settings_do_not_invalidate_the_warmup_or_features():
+    from trixmed.pipeline.stages import STAGES, config_hash
+
+    base, sweep = load_config(None), load_config(None, ["model.moe.top_n=1", "model.moe.num_experts=4", "stratify.num_clusters=4"])
+    for name in ("warmup", "extract"):
+        assert config_hash(base, STAGES[name].config_keys) == config_hash(sweep, STAGES[name].config_keys)
+    assert config_hash(base, STAGES["experts"].config_keys) != config_hash(sweep, STAGES["experts"].config_keys)
+    lora = load_config(None, ["model.lora.rank=4"])
+    assert config_hash(base, STAGES["warmup"].config_keys) != config_hash(lora, STAGES["warmup"].config_keys)
+
+
 def test_interrupted_stage_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     write_features(tmp_path)
     real = stages_mod.STAGES["stratify"]

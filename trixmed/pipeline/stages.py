@@ -22,14 +22,17 @@ from trixmed.io import atomic_dir, write_json
 from trixmed.pipeline.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
 
 # distributed settings that change what is trained (not how failures or plans are handled)
-_DIST_KEYS = ("num_workers", "use_gpu", "zero_stage", "precision")
+_DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_stage", "precision"))
+# what the warm-up model and its features depend on: not the MoE section, so a sweep over the
+# number of clusters, experts or top-n reuses one warm-up and one feature extraction
+_BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora")
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     inputs: tuple[str, ...]       # run-dir subdirectories read (their content is hashed)
-    config_keys: tuple[str, ...]  # config sections the result depends on
+    config_keys: tuple[str, ...]  # dotted config keys the result depends on
     run: Callable[[Config, RunDir, Path, str], dict[str, Any]]  # (cfg, run dir, staging dir, input hash) → summary
 
     @property
@@ -40,9 +43,12 @@ class Stage:
 
 def config_hash(cfg: Config, keys: tuple[str, ...]) -> str:
     raw = to_dict(cfg)
-    picked = {k: raw[k] for k in keys if k != "distributed"}
-    if "distributed" in keys:
-        picked["distributed"] = {k: raw["distributed"][k] for k in _DIST_KEYS}
+    picked = {}
+    for key in keys:
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        picked[key] = node
     return hash_json(picked)
 
 
@@ -162,10 +168,10 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("prepare", (), ("data", "text"), _prepare),
-        Stage("warmup", ("dataset",), ("seed", "model", "warmup", "distributed"), _train("warmup")),
-        Stage("extract", ("dataset", "warmup"), ("model",), _extract),
+        Stage("warmup", ("dataset",), ("seed", *_BACKBONE_KEYS, "warmup", *_DIST_KEYS), _train("warmup")),
+        Stage("extract", ("dataset", "warmup"), _BACKBONE_KEYS, _extract),
         Stage("stratify", ("features",), ("seed", "stratify"), _stratify),
-        Stage("experts", ("dataset", "warmup", "clusters"), ("seed", "model", "experts", "distributed"), _train("experts")),
+        Stage("experts", ("dataset", "warmup", "clusters"), ("seed", "model", "experts", *_DIST_KEYS), _train("experts")),
         Stage("evaluate", ("dataset", "experts", "clusters"), ("model", "eval"), _evaluate),
     )
 }
