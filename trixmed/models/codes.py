@@ -9,11 +9,14 @@ up/down_proj) so one LoRA target list serves both backbones. Pooled = masked mea
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trixmed.config import CodesBackboneConfig
+from trixmed.data.dataset import Vocab
 
 KINDS = ("diag", "proc", "med")
 MAX_TITLE_WORDS = 16
@@ -120,7 +123,7 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
-def build_title_words(vocab, titles) -> tuple[dict[str, Tensor], list[str]]:
+def build_title_words(vocab: Vocab, titles: Any) -> tuple[dict[str, Tensor], list[str]]:
     """code → word-id table of each vocabulary, from `titles.title_words(kind, code)` (trixmed.text)."""
     per_kind = {k: [list(titles.title_words(k, c))[:MAX_TITLE_WORDS] for c in getattr(vocab, k)] for k in KINDS}
     words = sorted({w for rows in per_kind.values() for row in rows for w in row})

@@ -9,6 +9,8 @@ positions (a 128k-word lm_head over every token would dominate the cost).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +28,7 @@ def load_causal_lm(cfg: HFBackboneConfig) -> nn.Module:
         raise TrixmedError(cfg.path, f"cannot load a causal LM from this directory: {' '.join(str(exc).split())[:300]}") from None
 
 
-def load_tokenizer(cfg: HFBackboneConfig):
+def load_tokenizer(cfg: HFBackboneConfig) -> Any:
     """The backbone's tokenizer, with a pad token (Llama has none: reuse EOS)."""
     from transformers import AutoTokenizer
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trixmed.config import Config
-from trixmed.data.dataset import Dataset, Sample, Visit
+from trixmed.data.dataset import Dataset, Sample, Visit, Vocab
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_file
 from trixmed.pipeline.run_dir import RunDir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -44,7 +47,7 @@ def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> Predi
     return Predictions(samples, out["probs"], np.asarray(clusters), out.get("gates"))
 
 
-def predictions_frame(preds: Predictions, med_vocab: list[str], threshold: float):
+def predictions_frame(preds: Predictions, med_vocab: list[str], threshold: float) -> pd.DataFrame:
     """The predictions-file format `trixmed evaluate --predictions` reads (docs/metrics.md)."""
     import pandas as pd
 
@@ -58,7 +61,7 @@ def predictions_frame(preds: Predictions, med_vocab: list[str], threshold: float
     return pd.DataFrame(rows)
 
 
-def write_predictions_jsonl(frame, path: str | Path) -> None:
+def write_predictions_jsonl(frame: pd.DataFrame, path: str | Path) -> None:
     with atomic_file(path) as fh:
         for row in frame.to_dict("records"):
             fh.write(json.dumps(row) + "\n")
@@ -68,7 +71,7 @@ def write_predictions_jsonl(frame, path: str | Path) -> None:
 # A new patient
 
 
-def read_patient(path: str | Path, vocab) -> Sample:
+def read_patient(path: str | Path, vocab: Vocab) -> Sample:
     """`{"visits": [{"diag": [...], "proc": [...], "med": [...]}, ...]}`; the last visit is the one
     to prescribe for (its "med" is ignored). Unknown codes are errors naming the field."""
     path = Path(path)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from trixmed.config import Config, to_dict
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, write_json
 from trixmed.pipeline.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # distributed settings that change what is trained (not how failures or plans are handled)
 _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_stage", "precision"))
@@ -115,7 +118,7 @@ def _extract(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
     return {"samples": len(df), "dim": int(pooled.shape[1])}
 
 
-def read_features(rd: RunDir):
+def read_features(rd: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
     import pandas as pd
 
     df = pd.read_parquet(rd / "features" / "features.parquet")

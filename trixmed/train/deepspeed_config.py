@@ -7,6 +7,8 @@ The effective batch is fixed by the config and the world size only changes how i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Any
 
 from trixmed.config import DistributedConfig, PhaseConfig
@@ -52,7 +54,7 @@ def build_deepspeed_config(phase: PhaseConfig, dist: DistributedConfig, world_si
     return config
 
 
-def linear_warmup(warmup_steps: int):
+def linear_warmup(warmup_steps: int) -> Callable[[int], float]:
     """LambdaLR factor: the first optimizer step already uses lr/warmup_steps, full lr from step
     `warmup_steps` on. (DeepSpeed's WarmupLR spends its first step at lr 0.)"""
     n = max(warmup_steps, 1)

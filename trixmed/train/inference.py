@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trixmed.data.dataset import Sample
+from trixmed.config import Config
+from trixmed.data.dataset import Sample, Vocab
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ def infer(
     return result
 
 
-def collator_for(cfg, vocab, phase: str | None = None):
+def collator_for(cfg: Config, vocab: Vocab, phase: str | None = None) -> Callable[..., dict[str, Any]]:
     """The model's collator; the hf backbone gets its tokenizer, and LM targets only in warm-up
     training with λ_LM > 0 (`phase` None = inference)."""
     from trixmed.models import build_collator
