@@ -77,6 +77,17 @@ class ClusterTransform:
         return cls(**{k: arrays[k] for k in _ARRAYS}, inertia=float(meta.get("inertia", float("nan"))))
 
 
+def load_assignments(clusters_dir: str | Path) -> dict[str, int]:
+    """visit_key → cluster id, as the stratify stage assigned every visit."""
+    import pandas as pd
+
+    path = Path(clusters_dir) / "assignments.parquet"
+    if not path.is_file():
+        raise TrixmedError(path, "missing; run `trixmed stratify` first")
+    df = pd.read_parquet(path, columns=["visit_key", "cluster"])
+    return dict(zip(df["visit_key"].astype(str), df["cluster"].astype(int)))
+
+
 def fit_clusters(train_features: np.ndarray, cfg: StratifyConfig, seed: int) -> ClusterTransform:
     """Fit PCA (top-k components), z-score and K-means on the training features."""
     from sklearn.cluster import KMeans

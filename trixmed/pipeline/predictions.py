@@ -24,30 +24,30 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Predictions:
+class ModelPredictions:
+    """What the trained model says about a split (scored files are `trixmed.eval.predictions`)."""
+
     samples: list[Sample]
     probs: np.ndarray             # [N, n_med]
     clusters: np.ndarray          # [N]
     gates: np.ndarray | None      # [N, E] expert weights (None for an un-routed model)
 
 
-def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> Predictions:
+def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> ModelPredictions:
     """Probabilities of the trained experts model on a dataset split, routed by the stored clusters."""
-    import pandas as pd
-
+    from trixmed.cluster import load_assignments
     from trixmed.models import load_model
     from trixmed.train.inference import collator_for, infer
 
     samples = ds.samples(split)
-    assign = pd.read_parquet(rd / "clusters" / "assignments.parquet", columns=["visit_key", "cluster"])
-    lookup = dict(zip(assign["visit_key"].astype(str), assign["cluster"].astype(int)))
+    lookup = load_assignments(rd / "clusters")
     clusters = [lookup[s.visit_key] for s in samples]
     model = load_model(rd / "experts" / "model", cfg, ds.vocab)
     out = infer(model, collator_for(cfg, ds.vocab), samples, clusters, progress=f"predict {split}")
-    return Predictions(samples, out["probs"], np.asarray(clusters), out.get("gates"))
+    return ModelPredictions(samples, out["probs"], np.asarray(clusters), out.get("gates"))
 
 
-def predictions_frame(preds: Predictions, med_vocab: list[str], threshold: float) -> pd.DataFrame:
+def predictions_frame(preds: ModelPredictions, med_vocab: list[str], threshold: float) -> pd.DataFrame:
     """The predictions-file format `trixmed evaluate --predictions` reads (docs/metrics.md)."""
     import pandas as pd
 

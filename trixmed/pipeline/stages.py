@@ -148,6 +148,7 @@ def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset
     from trixmed.eval.evaluate import evaluate_predictions, format_table
     from trixmed.eval.metrics import choose_threshold
+    from trixmed.eval.predictions import Predictions
     from trixmed.pipeline.predictions import model_predictions, predictions_frame, write_predictions_jsonl
 
     ds = Dataset(rd / "dataset")
@@ -159,7 +160,9 @@ def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
         threshold = float(choose_threshold(ds.multi_hot([s.target for s in val.samples]), val.probs))
     for split, p in preds.items():
         write_predictions_jsonl(predictions_frame(p, ds.vocab.med, threshold), out / f"predictions_{split}.jsonl")
-    result = evaluate_predictions(ds, out / "predictions_test.jsonl", "test", cfg.eval)
+    test = preds["test"]
+    scored = Predictions([s.visit_key for s in test.samples], test.probs >= threshold, test.probs.astype(np.float64))
+    result = evaluate_predictions(ds, scored, "test", cfg.eval)
     result["threshold"] = threshold
     result["threshold_chosen_on"] = "val" if cfg.eval.threshold is None else "config"
     write_json(out / "metrics.json", result)

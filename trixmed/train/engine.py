@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trixmed.cluster import load_assignments
 from trixmed.config import Config, PhaseConfig, from_dict
 from trixmed.data.dataset import Dataset, Sample
 from trixmed.train.deepspeed_config import build_deepspeed_config, grad_accumulation_steps, linear_warmup
@@ -64,13 +65,6 @@ def build_phase_model(cfg: Config, ds: Dataset, phase: str, run_dir: Path) -> to
     return model
 
 
-def cluster_lookup(run_dir: Path) -> dict[str, int]:
-    import pandas as pd
-
-    df = pd.read_parquet(run_dir / "clusters" / "assignments.parquet", columns=["visit_key", "cluster"])
-    return dict(zip(df["visit_key"].astype(str), df["cluster"].astype(int)))
-
-
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
     """Move tensors; floating inputs follow the engine's precision (labels too: the loss upcasts)."""
     out = {}
@@ -107,7 +101,7 @@ def train_worker(spec: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)   # identical initial weights on every rank
     ds = Dataset(run_dir / "dataset")
     train, val = phase_samples(cfg, ds, phase)
-    clusters = cluster_lookup(run_dir) if phase == "experts" else None
+    clusters = load_assignments(run_dir / "clusters") if phase == "experts" else None
     collate = collator_for(cfg, ds.vocab, phase)
     model = build_phase_model(cfg, ds, phase, run_dir)
 
