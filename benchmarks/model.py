@@ -2,6 +2,7 @@
 without MoE (one LoRA, the "w/o MoE" ablation), forward + backward, side by side in one run.
 
     .venv/bin/python benchmarks/model.py [--steps 30] [--batch 64] [--threads 1] [--out benchmarks/results/model.json]
+    .venv/bin/python benchmarks/model.py --smoke [--out FILE]   # 3 steps, batch 8, 1 round, to a temp dir
 
 Memory is reported twice: peak RSS of the process (dominated by torch and the title tables), and
 the training step's tensor memory (weights + gradients + activations autograd saves for backward,
@@ -25,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, add_output_args, write_report
+
 VARIANTS = {"plain": ["model.moe.router=none"], "moe": ["model.moe.router=triage"]}
 
 
@@ -134,21 +136,23 @@ def _rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--hf-batch", type=int, default=8)
+    # defaults: full run / --smoke
+    ap.add_argument("--steps", type=int, help="timed steps per variant (30 / 3)")
+    ap.add_argument("--batch", type=int, help="codes backbone batch (64 / 8)")
+    ap.add_argument("--hf-batch", type=int, help="hf backbone batch (8 / 2)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/model.json"))
+    ap.add_argument("--rounds", type=int, help="alternating rounds, the best counts (2 / 1)")
+    add_output_args(ap, "model.json")
     ap.add_argument("--one", nargs=2, metavar=("BACKBONE", "VARIANT"), help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    for name, full, smoke in (("steps", 30, 3), ("batch", 64, 8), ("hf_batch", 8, 2), ("rounds", 2, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
     if args.one:
         batch = args.hf_batch if args.one[0] == "hf" else args.batch
         print(json.dumps(run_one(*args.one, args.steps, batch, args.threads, args.hf_dir)))
         return 0
-
-    from trixmed.io import write_json
 
     results: dict[str, dict[str, dict]] = {"codes": {}, "hf": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                     cmd = [sys.executable, __file__, "--one", backbone, variant, "--steps", str(args.steps),
                            "--batch", str(args.batch), "--hf-batch", str(args.hf_batch), "--threads", str(args.threads),
                            "--hf-dir", tmp]
-                    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                    proc = subprocess.run(cmd, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"{backbone}/{variant} failed with status {proc.returncode}:\n{proc.stderr[-3000:]}")
+                    r = json.loads(proc.stdout.splitlines()[-1])
                     best = results[backbone].get(variant)
                     if best is None or r["samples_per_s"] > best["samples_per_s"]:
                         results[backbone][variant] = r
@@ -174,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "plain_peak_rss_mb": round(plain["peak_rss_mb"]), "moe_peak_rss_mb": round(moe["peak_rss_mb"]),
         }
     summary["codes"]["target_time_ratio"] = 1.3
-    write_json(args.out, {"summary": summary, "runs": results})
-    print(json.dumps(summary, indent=2))
+    write_report(args, {"smoke": args.smoke, "summary": summary, "runs": results}, summary)
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline.py [--config configs/mimic3_codes.yaml] [--run-dir DIR] [key=value ...]
     python benchmarks/pipeline.py --config configs/demo_cpu.yaml --out benchmarks/results/pipeline_demo.json
+    python benchmarks/pipeline.py --smoke [--out FILE]   # demo config, 1 epoch a phase, 5 plain steps, temp dirs
 
 Writes benchmarks/results/pipeline.json: bootstrap test metrics, per-stage wall time, training
 samples/s, peak memory (RSS summed over the driver and every Ray process it started, sampled
@@ -11,14 +12,15 @@ same global batch on the same cores, measured in the same run.
 
 The benchmark data are credentialed-derived: read in place from ../shared/data, and the run
 directory (which holds the prepared dataset) defaults to the system temp dir, outside the checkout.
+`--smoke` runs the same stages and measurements on the bundled demo (configs/demo_cpu.yaml, one
+epoch a phase, 5 timed plain steps) in a fresh temp run directory, and writes to a temp dir
+unless `--out` is given; it reads no shared data.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,8 +28,13 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
+from _common import ROOT as REPO
+from _common import add_output_args, machine, write_report
+
+# the smoke run: the bundled demo, one epoch a phase (Ray + DeepSpeed still start for both phases)
+SMOKE_CONFIG = REPO / "configs" / "demo_cpu.yaml"
+SMOKE_OVERRIDES = ["warmup.epochs=1", "experts.epochs=1", "eval.bootstrap_rounds=3"]
+SMOKE_PLAIN_STEPS = 5
 
 
 class PeakRSS:
@@ -68,17 +75,20 @@ def plain_throughput(cfg, run_dir: Path, steps: int) -> float:
     import numpy as np
     import torch
 
+    from trixmed.cluster import load_assignments
     from trixmed.data.dataset import Dataset
-    from trixmed.train.engine import build_phase_model, cluster_lookup
+    from trixmed.run_dir import RunDir
     from trixmed.train.inference import collator_for
+    from trixmed.train.trainer import build_phase_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
-    ds = Dataset(run_dir / "dataset")
+    rd = RunDir(run_dir)
+    ds = Dataset(rd.dataset)
     train = ds.samples("train")
-    clusters = cluster_lookup(run_dir)
+    clusters = load_assignments(rd.assignments)
     collate = collator_for(cfg, ds.vocab, "experts")
-    model = build_phase_model(cfg, ds, "experts", run_dir)
+    model = build_phase_model(cfg, ds, "experts", rd)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.experts.lr)
     batch_size = cfg.experts.effective_batch_size
@@ -104,56 +114,69 @@ def plain_throughput(cfg, run_dir: Path, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "mimic3_codes.yaml"))
+    parser.add_argument("--config", help="default configs/mimic3_codes.yaml; with --smoke configs/demo_cpu.yaml")
     # outside the checkout: the run directory holds a dataset derived from credentialed MIMIC data
-    parser.add_argument("--run-dir", default=str(Path(tempfile.gettempdir()) / "trixmed_bench_pipeline"))
+    parser.add_argument("--run-dir", help="default: <tmp>/trixmed_bench_pipeline; with --smoke a fresh temp dir")
     parser.add_argument("--keep", action="store_true", help="reuse an existing run directory (stages up to date are skipped)")
-    parser.add_argument("--plain-steps", type=int, default=60, help="timed steps of the plain PyTorch loop")
-    parser.add_argument("--out", default=str(RESULTS / "pipeline.json"))
+    parser.add_argument("--plain-steps", type=int, help=f"timed steps of the plain PyTorch loop (60; --smoke {SMOKE_PLAIN_STEPS})")
+    add_output_args(parser, "pipeline.json")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
+    from trixmed.commands.common import yaml_quote
     from trixmed.config import load_config, to_dict
-    from trixmed.io import read_json, write_json
+    from trixmed.io import read_json
     from trixmed.paths import shared_data_dir
     from trixmed.pipeline.stages import run_pipeline
-    from trixmed.train.launch import release_ray
+    from trixmed.run_dir import RunDir
+    from trixmed.train.ray_session import ray_session
 
-    run_dir = Path(args.run_dir)
-    overrides = [f"run_dir={run_dir}"]
-    if load_config(args.config, args.overrides).data.source == "benchmark":
+    config = args.config or str(SMOKE_CONFIG if args.smoke else REPO / "configs" / "mimic3_codes.yaml")
+    plain_steps = args.plain_steps or (SMOKE_PLAIN_STEPS if args.smoke else 60)
+    user_overrides = [*(SMOKE_OVERRIDES if args.smoke else []), *args.overrides]
+    overrides = []
+    if load_config(config, user_overrides).data.source == "benchmark":
         shared = shared_data_dir()
         if shared is None:
             print("benchmarks/pipeline.py: ../shared/data not found (set TRIXMED_SHARED_DATA)", file=sys.stderr)
             return 2
-        overrides.append(f"data.path={shared / 'benchmark' / 'mimic3_safedrug131'}")
-    cfg = load_config(args.config, [*overrides, *args.overrides])
-    if run_dir.exists() and not args.keep:
+        overrides.append(f"data.path={yaml_quote(shared / 'benchmark' / 'mimic3_safedrug131')}")
+    smoke_tmp = tempfile.mkdtemp(prefix="trixmed-bench-smoke-run-") if args.smoke and not args.run_dir else None
+    run_dir = Path(args.run_dir or smoke_tmp or Path(tempfile.gettempdir()) / "trixmed_bench_pipeline")
+    cfg = load_config(config, [f"run_dir={yaml_quote(run_dir)}", *overrides, *user_overrides])
+    if run_dir.exists() and not args.keep and smoke_tmp is None:
         shutil.rmtree(run_dir)
 
-    t0 = time.perf_counter()
-    with PeakRSS() as mem:
-        try:
-            results = run_pipeline(cfg)
-        finally:
-            release_ray()
-        total = time.perf_counter() - t0
-        plain = plain_throughput(cfg, run_dir, args.plain_steps)
+    try:
+        t0 = time.perf_counter()
+        with PeakRSS() as mem:
+            with ray_session(cfg):
+                results = run_pipeline(cfg)
+            total = time.perf_counter() - t0
+            plain = plain_throughput(cfg, run_dir, plain_steps)
 
-    histories = {p: read_json(run_dir / p / "history.json") for p in ("warmup", "experts")}
+        rd = RunDir(run_dir)
+        histories = {p: read_json(rd.history(p)) for p in rd.PHASES}
+        metrics = read_json(rd.metrics)
+    finally:
+        if smoke_tmp is not None:
+            shutil.rmtree(smoke_tmp, ignore_errors=True)
     sps = {p: h["epochs"] and sum(e["samples_per_s"] for e in h["epochs"]) / len(h["epochs"]) for p, h in histories.items()}
-    metrics = read_json(run_dir / "eval" / "metrics.json")
     import torch
 
+    config_path = Path(config).resolve()
     result = {
+        "smoke": args.smoke,
         "data": cfg.data.path or "bundled MIMIC-III demo",
-        "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO) else args.config,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "config": str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else config,
+        "overrides": user_overrides,
+        "machine": {**machine(), "torch": torch.__version__},
         "distributed": to_dict(cfg.distributed),
         "pipeline_wall_s": round(total, 1),
         "stages": {r.name: {"status": r.status, "wall_s": round(r.wall_s, 1)} for r in results},
         "train_samples_per_s": {p: round(v, 1) for p, v in sps.items()},
         "plain_pytorch_samples_per_s": round(plain, 1),
+        "plain_pytorch_steps": plain_steps,
         "distributed_overhead_ratio": round(sps["experts"] / plain, 3),
         "peak_rss_gib": round(mem.peak / 1024**3, 2),
         "threshold": metrics["threshold"],
@@ -162,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "histories": {p: [{k: e[k] for k in ("epoch", "train_loss", "val_jaccard", "samples_per_s")} for e in h["epochs"]]
                       for p, h in histories.items()},
     }
-    write_json(args.out, result)
-    print(json.dumps({k: result[k] for k in ("pipeline_wall_s", "stages", "train_samples_per_s", "plain_pytorch_samples_per_s",
-                                              "distributed_overhead_ratio", "peak_rss_gib")}, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args, result, {k: result[k] for k in ("pipeline_wall_s", "stages", "train_samples_per_s",
+                                                        "plain_pytorch_samples_per_s", "distributed_overhead_ratio", "peak_rss_gib")})
     return 0
 
 

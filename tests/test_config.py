@@ -70,3 +70,29 @@ def test_round_trip_to_dict():
     assert raw["model"]["moe"]["router"] == "triage"
     again = load_config(None, [f"seed={raw['seed']}"])
     assert to_dict(again) == raw
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # the experts phase has no patient fraction and no LM/medication weights: refused, not ignored
+        ("experts.fraction=0.5", "experts.fraction: unknown key"),
+        ("experts.lm_weight=1.0", "experts.lm_weight: unknown key"),
+        ("experts.med_weight=2.0", "experts.med_weight: unknown key"),
+        # test hooks and plan-only keys left the run settings
+        ("distributed.fail_at_step=3", "distributed.fail_at_step: unknown key"),
+        ("distributed.gpus_per_node=8", "distributed.gpus_per_node: unknown key"),
+        ("distributed.estimate_from=x.json", "distributed.estimate_from: unknown key"),
+        ("plan.gpus_per_node=0", "plan.gpus_per_node: must be >= 1, got 0"),
+    ],
+)
+def test_no_key_is_accepted_and_ignored(override, message):
+    with pytest.raises(TrixmedError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_phase_sections_hold_their_own_keys():
+    cfg = load_config(None, ["warmup.lm_weight=0.5", "test_hooks.fail_at_step=4", "plan.arch_config=a.json"])
+    assert cfg.warmup.lm_weight == 0.5 and not hasattr(cfg.experts, "lm_weight")
+    assert cfg.test_hooks.fail_at_step == 4 and cfg.plan.arch_config == "a.json"

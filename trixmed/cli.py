@@ -1,8 +1,9 @@
 """`trixmed` command line: one subcommand per pipeline stage.
 
-Every subcommand takes `--config FILE` and trailing `key=value` overrides, validates the config
-and its inputs before doing any work, and turns a `TrixmedError` into one line on stderr and
-exit status 2. Stage modules are imported lazily so `trixmed --help` stays fast.
+Every subcommand takes `--config FILE` and dotted `key=value` overrides anywhere on the command
+line, validates the config and its inputs before doing any work, and turns a `TrixmedError` into
+one line on stderr and exit status 2. Command modules (trixmed/commands/) are imported lazily so
+`trixmed --help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from trixmed.errors import TrixmedError
 # name → (module with `add_arguments(parser)` and `main(args) -> int`, one-line help).
 # A module path of None marks a stage that is not built yet; it says so and exits 1.
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "prepare": ("trixmed.data.prepare_cmd", "raw MIMIC-III/IV CSVs, a processed benchmark or SafeDrug pickles → dataset/"),
-    "warmup": ("trixmed.pipeline.stage_cmd", "phase 1: train the warm-up model on a seeded 30 %% of train → warmup/"),
-    "extract": ("trixmed.pipeline.stage_cmd", "pooled hidden states of every training sample → features/"),
-    "stratify": ("trixmed.pipeline.stage_cmd", "PCA + z-score + K-means → clusters/"),
-    "experts": ("trixmed.pipeline.stage_cmd", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
-    "evaluate": ("trixmed.eval.evaluate_cmd", "score a trained run (threshold on val, bootstrap on test) or any predictions file → table + JSON"),
-    "predict": ("trixmed.pipeline.predict_cmd", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
+    "prepare": ("trixmed.commands.prepare", "raw MIMIC-III/IV CSVs, a processed benchmark or SafeDrug pickles → dataset/"),
+    "warmup": ("trixmed.commands.stage", "phase 1: train the warm-up model on a seeded 30 %% of train → warmup/"),
+    "extract": ("trixmed.commands.stage", "pooled hidden states of every training sample → features/"),
+    "stratify": ("trixmed.commands.stage", "PCA + z-score + K-means → clusters/"),
+    "experts": ("trixmed.commands.stage", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
+    "evaluate": ("trixmed.commands.evaluate", "score a trained run (threshold on val, bootstrap on test) or any predictions file → table + JSON"),
+    "predict": ("trixmed.commands.predict", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
     "explain": (None, "a patient → cluster, experts, similar training patients, cluster profile"),
     "report": (None, "a run or a Tune experiment → HTML/Markdown report"),
     "tune": (None, "Ray Tune sweep over tune_spaces/*.yaml"),
-    "run": ("trixmed.pipeline.run_cmd", "chain every stage over a run directory (skips stages already complete)"),
+    "run": ("trixmed.commands.run", "chain every stage over a run directory (skips stages already complete)"),
 }
 
 
@@ -40,15 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
         label = help_text if module else f"[not built yet] {help_text}"
         p = sub.add_parser(name, help=label, description=label)
         p.add_argument("--config", help="YAML config (see configs/)")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.moe.top_n=1")
+        p.add_argument("--verbose", action="store_true", help="show Ray's, DeepSpeed's and the workers' own logs on the console")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted config overrides, anywhere on the line, e.g. model.moe.top_n=1")
         if module:
             importlib.import_module(module).add_arguments(p)
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Like `parse_args`, but `key=value` overrides may also follow flags (`--dry-run run_dir=X`):
+    argparse stops filling a positional list at the first flag, so the rest arrive as extras."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, sys.argv[1:] if argv is None else argv)
     if not args.command:
         parser.print_help()
         return 0

@@ -1,6 +1,6 @@
 """Configs are data: YAML files validated into typed dataclasses, with dotted `key=value` overrides.
 
-    cfg = load_config("configs/demo_cpu.yaml", ["experts.top_n=1", "model.lora.rank=4"])
+    cfg = load_config("configs/demo_cpu.yaml", ["model.moe.top_n=1", "model.lora.rank=4"])
 
 Unknown keys, wrong types and bad values are `TrixmedError`s naming the file and the dotted key,
 raised before any stage starts work.
@@ -184,9 +184,8 @@ class ModelConfig:
 
 @dataclass
 class PhaseConfig:
-    """One training phase (warm-up or experts) as run by the engine."""
+    """What both training phases share, as run by the trainer."""
 
-    fraction: float = 1.0           # share of the training patients used (warm-up: 0.3)
     epochs: int = 3
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -195,24 +194,42 @@ class PhaseConfig:
     effective_batch_size: int = 64  # micro × workers × grad-accumulation
     grad_clip: float = 0.3
     early_stopping_patience: int = 0   # epochs without validation-Jaccard gain; 0 = off
-    lm_weight: float = 0.0          # λ_LM (hf backbone warm-up)
-    med_weight: float = 1.0         # λ_med
     val_threshold: float = 0.5      # decision threshold of the validation Jaccard used for early stopping
 
     def validate(self, where: str) -> None:
-        if not 0 < self.fraction <= 1:
-            raise TrixmedError(where + ".fraction", f"must be in (0, 1], got {self.fraction}")
         for name in ("epochs", "micro_batch_size", "effective_batch_size"):
             if getattr(self, name) < 1:
                 raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "grad_clip"):
             if getattr(self, name) <= 0:
                 raise TrixmedError(f"{where}.{name}", f"must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_steps", "early_stopping_patience", "lm_weight", "med_weight"):
+        for name in ("weight_decay", "warmup_steps", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
         if not 0 < self.val_threshold < 1:
             raise TrixmedError(where + ".val_threshold", f"must be in (0, 1), got {self.val_threshold}")
+
+
+@dataclass
+class WarmupConfig(PhaseConfig):
+    """Phase 1: f_warm on a seeded share of the training patients, loss λ_LM·LM + λ_med·BCE."""
+
+    fraction: float = 0.3           # share of the training patients (the paper's 30 %)
+    lm_weight: float = 0.0          # λ_LM (hf backbone: the medication text as LM targets)
+    med_weight: float = 1.0         # λ_med
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if not 0 < self.fraction <= 1:
+            raise TrixmedError(where + ".fraction", f"must be in (0, 1], got {self.fraction}")
+        for name in ("lm_weight", "med_weight"):
+            if getattr(self, name) < 0:
+                raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class ExpertsConfig(PhaseConfig):
+    """Phase 3: the routed experts on every training patient, loss BCE + model.moe.aux_weight·L_aux."""
 
 
 @dataclass
@@ -223,15 +240,9 @@ class DistributedConfig:
     zero_stage: int = 2
     precision: str = "fp32"         # fp32 | bf16 | fp16
     max_failures: int = 1           # Ray Train FailureConfig: worker-group restarts from the last checkpoint
-    gpus_per_node: int = 8          # only for the dry-run memory plan (DeepSpeed's estimators want nodes × GPUs)
     # ZeRO-3 keeps parameters smaller than this unpartitioned (DeepSpeed's default 1e5); tiny test models need 0.
     stage3_param_persistence_threshold: int = 100_000
     ray_address: str | None = None  # None: join $RAY_ADDRESS or start a local Ray; "auto": an existing cluster
-    # HF config.json used by `trixmed run --dry-run` for the memory plan when model.hf.path is not on this machine.
-    estimate_from: str | None = None
-    # Test hook: the last rank kills itself (os._exit) once, at this optimizer step of the first phase it
-    # trains, to exercise FailureConfig restarts. -1 = off. Never set it in a real run.
-    fail_at_step: int = -1
 
     def validate(self, where: str) -> None:
         _choice(where + ".precision", self.precision, ("fp32", "bf16", "fp16"))
@@ -243,8 +254,6 @@ class DistributedConfig:
             raise TrixmedError(where + ".cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:
             raise TrixmedError(where + ".max_failures", f"must be >= -1 (-1 = retry forever), got {self.max_failures}")
-        if self.gpus_per_node < 1:
-            raise TrixmedError(where + ".gpus_per_node", f"must be >= 1, got {self.gpus_per_node}")
         if self.precision == "fp16" and not self.use_gpu:
             raise TrixmedError(where + ".precision", "fp16 needs a GPU (use bf16 or fp32 on CPU)")
 
@@ -267,6 +276,29 @@ class StratifyConfig:
             raise TrixmedError(where + ".kmeans_tol", f"must be >= 0, got {self.kmeans_tol}")
 
 
+@dataclass
+class PlanConfig:
+    """Read only by `trixmed run --dry-run` (the memory plan); never part of what a run trains."""
+
+    gpus_per_node: int = 8          # DeepSpeed's estimators want nodes × GPUs per node
+    # HF config.json for the plan when model.hf.path is not on this machine (no weights are read)
+    arch_config: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.gpus_per_node < 1:
+            raise TrixmedError(where + ".gpus_per_node", f"must be >= 1, got {self.gpus_per_node}")
+
+
+@dataclass
+class TestHooksConfig:
+    """Fault injection for tests. Never set in a real run; never part of a stage's config hash."""
+
+    __test__ = False   # not a pytest test class, despite the name
+    # the last rank kills itself (os._exit) once, at this optimizer step of the first phase it
+    # trains, to exercise FailureConfig restarts; -1 = off
+    fail_at_step: int = -1
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -277,11 +309,13 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    warmup: PhaseConfig = field(default_factory=lambda: PhaseConfig(fraction=0.3))
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     stratify: StratifyConfig = field(default_factory=StratifyConfig)
-    experts: PhaseConfig = field(default_factory=PhaseConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    test_hooks: TestHooksConfig = field(default_factory=TestHooksConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

@@ -1,9 +1,150 @@
-"""Tiny stand-ins for real models, for tests and benchmarks (nothing is ever downloaded)."""
+"""Tiny stand-ins for real data and models, shared by tests and the benchmarks' `--smoke` modes.
+
+Nothing here is downloaded: datasets are written from a few synthetic visits, configs shrink the
+model, and the tiny Llama is a random-weight model with a tokenizer trained on the given corpus.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trixmed.config import Config, load_config
+from trixmed.data.dataset import VISIT_COLUMNS, Sample, Visit, Vocab, visit_key
+from trixmed.io import write_json
+from trixmed.run_dir import RunDir
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+
+
+def make_dataset_dir(
+    root: Path,
+    visits: Sequence[Mapping[str, Any]] | Any,
+    vocab: Mapping[str, Sequence[str]],
+    ddi: np.ndarray | Sequence[Sequence[int]] | None = None,
+    card: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a dataset directory following trixmed/data/dataset.py, without running `prepare`.
+
+    `visits`: rows with patient_id, visit_order, split, diag, proc, med (visit_key is filled in
+    when absent). Codes must be in `vocab` ({"diag": [...], "proc": [...], "med": [...]}).
+    `ddi` defaults to no interactions. Returns `root` (created if needed).
+    """
+    import pandas as pd
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(list(visits) if not isinstance(visits, pd.DataFrame) else visits).copy()
+    df["patient_id"] = df["patient_id"].astype(str)
+    df["visit_order"] = df["visit_order"].astype("int64")
+    if "visit_key" not in df:
+        df["visit_key"] = [visit_key(p, o) for p, o in zip(df["patient_id"], df["visit_order"])]
+    for kind in ("diag", "proc", "med"):
+        known = set(vocab[kind])
+        df[kind] = [list(codes) for codes in df[kind]]
+        bad = [c for codes in df[kind] for c in codes if c not in known]
+        if bad:
+            raise ValueError(f"{kind} code {bad[0]!r} is not in the vocab")
+    df[list(VISIT_COLUMNS)].to_parquet(root / "visits.parquet", index=False)
+    write_json(root / "vocab.json", {k: list(vocab[k]) for k in ("diag", "proc", "med")})
+    n_med = len(vocab["med"])
+    matrix = np.zeros((n_med, n_med), dtype=np.uint8) if ddi is None else np.asarray(ddi, dtype=np.uint8)
+    if matrix.shape != (n_med, n_med):
+        raise ValueError(f"ddi must be [{n_med}, {n_med}], got {matrix.shape}")
+    np.savez(root / "ddi.npz", ddi=matrix)
+    if card is not None:
+        write_json(root / "card.json", dict(card))
+    return root
+
+
+def make_tiny_dataset(root: Path, *, patients: int = 60, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    diag = [f"D{i:02d}" for i in range(12)]
+    proc = [f"P{i:02d}" for i in range(6)]
+    med = [f"M{i:02d}" for i in range(10)]
+    rows = []
+    n_train, n_test = int(patients * 2 / 3), (patients - int(patients * 2 / 3)) // 2
+    for p in range(patients):
+        split = "train" if p < n_train else "test" if p < n_train + n_test else "val"
+        for v in range(int(rng.integers(1, 4))):
+            d = sorted(rng.choice(len(diag), size=int(rng.integers(1, 4)), replace=False).tolist())
+            pr = sorted(rng.choice(len(proc), size=int(rng.integers(0, 3)), replace=False).tolist())
+            m = sorted({x % len(med) for x in d} | ({9} if 0 in pr else set()))
+            rows.append({
+                "patient_id": f"p{p}", "visit_order": v, "visit_key": f"p{p}:{v}", "split": split,
+                "diag": [diag[i] for i in d], "proc": [proc[i] for i in pr], "med": [med[i] for i in m],
+            })
+    ddi = np.zeros((len(med), len(med)), dtype=np.uint8)
+    ddi[0, 1] = ddi[1, 0] = ddi[2, 5] = ddi[5, 2] = 1
+    return make_dataset_dir(RunDir(root).dataset, rows, {"diag": diag, "proc": proc, "med": med}, ddi)
+
+
+TINY_OVERRIDES = [
+    "model.codes.d_model=32", "model.codes.n_layers=1", "model.codes.n_heads=2", "model.codes.dropout=0.0",
+    "model.codes.title_words=false", "model.lora.rank=4", "model.moe.num_experts=4", "model.moe.top_n=2",
+    "warmup.fraction=0.5", "warmup.epochs=2", "warmup.lr=0.01", "warmup.warmup_steps=2",
+    "warmup.micro_batch_size=4", "warmup.effective_batch_size=8",
+    "experts.epochs=2", "experts.lr=0.01", "experts.warmup_steps=2",
+    "experts.micro_batch_size=4", "experts.effective_batch_size=8",
+    "stratify.pca_components=4", "stratify.num_clusters=3",
+    "distributed.num_workers=2", "distributed.zero_stage=2",
+    "eval.bootstrap_rounds=3",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Model-level stand-ins
+
+
+class FakeTitles:
+    """Titles with shared words so title-word enrichment has something to share."""
+
+    def title_words(self, kind: str, code: str) -> list[str]:
+        return [] if code.endswith("9") else [kind, f"w{code[-1]}", "common"]
+
+    def title(self, kind: str, code: str) -> str:
+        return " ".join(self.title_words(kind, code)) or code
+
+    def diag(self, code: str) -> str:
+        return self.title("diag", code)
+
+    def proc(self, code: str) -> str:
+        return self.title("proc", code)
+
+    def med(self, code: str) -> str:
+        return self.title("med", code)
+
+
+def make_vocab() -> Vocab:
+    return Vocab(diag=[f"D{i}" for i in range(12)], proc=[f"P{i}" for i in range(7)], med=[f"M{i}" for i in range(10)])
+
+
+def make_samples(vocab: Vocab, n: int, seed: int = 0) -> list[Sample]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        visits = tuple(
+            Visit(tuple(rng.sample(vocab.diag, rng.randint(1, 4))), tuple(rng.sample(vocab.proc, rng.randint(0, 3))),
+                  tuple(rng.sample(vocab.med, rng.randint(1, 4))))
+            for _ in range(rng.randint(1, 4))
+        )
+        out.append(Sample(f"p{i}:{len(visits) - 1}", f"p{i}", "train", visits))
+    return out
+
+
+def tiny_config(*overrides: str) -> Config:
+    base = ["model.codes.d_model=16", "model.codes.n_heads=2", "model.codes.dropout=0.0", "model.lora.rank=2",
+            "model.moe.num_experts=4", "model.moe.top_n=2"]
+    return load_config(None, base + list(overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny Hugging Face model
 
 
 def save_tiny_llama(

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_dataset_dir
+from trixmed.testing import make_dataset_dir
 
 from trixmed.cli import main as cli
 from trixmed.config import EvalConfig

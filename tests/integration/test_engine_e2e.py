@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.tinydata import TINY_OVERRIDES, make_tiny_dataset
+from trixmed.testing import TINY_OVERRIDES, make_tiny_dataset
 from trixmed.config import load_config
 from trixmed.pipeline import stages as stages_mod
 from trixmed.pipeline.stages import run_pipeline, run_stage
@@ -106,8 +106,8 @@ def test_killed_worker_restores_and_matches_uninterrupted_run(reference, tmp_pat
     ref = json.loads((ref_root / "warmup" / "history.json").read_text())
     steps_per_epoch = len(ref["epochs"][0]["step_losses"])
     # the last rank dies mid-epoch 2, after epoch 1's checkpoint
-    cfg = tiny_cfg(tmp_path, f"distributed.fail_at_step={steps_per_epoch + 2}")
-    run_stage(cfg, "warmup", log=lambda _: None)
+    cfg = tiny_cfg(tmp_path, f"test_hooks.fail_at_step={steps_per_epoch + 2}")
+    run_stage(cfg, "warmup")
     assert (tmp_path / ".ray" / "fail_hook_fired").is_file()
     got = json.loads((tmp_path / "warmup" / "history.json").read_text())
     for a, b in zip(got["epochs"], ref["epochs"], strict=True):
@@ -121,7 +121,7 @@ def test_killed_worker_restores_and_matches_uninterrupted_run(reference, tmp_pat
 def test_one_worker_follows_the_two_worker_loss_curve(reference, tmp_path):
     ref_root, _ = reference
     shutil.copytree(ref_root / "dataset", tmp_path / "dataset")
-    run_stage(tiny_cfg(tmp_path, "distributed.num_workers=1"), "warmup", log=lambda _: None)
+    run_stage(tiny_cfg(tmp_path, "distributed.num_workers=1"), "warmup")
     one = json.loads((tmp_path / "warmup" / "history.json").read_text())
     two = json.loads((ref_root / "warmup" / "history.json").read_text())
     assert one["world_size"] == 1 and one["grad_accumulation"] == 2 and two["grad_accumulation"] == 1
@@ -139,16 +139,16 @@ def test_run_resumes_after_an_interruption_between_stages(reference, tmp_path, m
     (tmp_path / "run.json").write_text(json.dumps(state))
     real = stages_mod.STAGES["experts"]
 
-    def interrupted(cfg, rd, out, ihash):
+    def interrupted(cfg, rd, out, ihash, console):
         (out / "partial").write_text("x")
         raise KeyboardInterrupt
 
     monkeypatch.setitem(stages_mod.STAGES, "experts", dataclasses.replace(real, run=interrupted))
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(tiny_cfg(tmp_path), stages=TRAIN_STAGES, log=lambda _: None)
+        run_pipeline(tiny_cfg(tmp_path), stages=TRAIN_STAGES)
     assert not (tmp_path / "experts").exists() and not list(tmp_path.glob(".experts*"))
     monkeypatch.setitem(stages_mod.STAGES, "experts", real)
-    results = run_pipeline(tiny_cfg(tmp_path), stages=TRAIN_STAGES, log=lambda _: None)
+    results = run_pipeline(tiny_cfg(tmp_path), stages=TRAIN_STAGES)
     assert [r.status for r in results] == ["skipped", "skipped", "skipped", "ran", "ran"]
     ref = json.loads((ref_root / "eval" / "metrics.json").read_text())
     got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -161,7 +161,7 @@ def test_expert_parallel_experts_match_replicated_experts(reference, tmp_path):
     ref_root, _ = reference
     for d in ("dataset", "warmup", "clusters"):
         shutil.copytree(ref_root / d, tmp_path / d)
-    run_stage(tiny_cfg(tmp_path, "model.moe.ep_size=2"), "experts", log=lambda _: None)
+    run_stage(tiny_cfg(tmp_path, "model.moe.ep_size=2"), "experts")
     got = json.loads((tmp_path / "experts" / "history.json").read_text())
     ref = json.loads((ref_root / "experts" / "history.json").read_text())
     np.testing.assert_allclose([l for e in got["epochs"] for l in e["step_losses"]],

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.tinydata import TINY_OVERRIDES, make_tiny_dataset
+from trixmed.testing import TINY_OVERRIDES, make_tiny_dataset
 from trixmed.config import load_config
 from trixmed.pipeline.stages import run_stage
 from trixmed.testing import save_tiny_llama
@@ -36,7 +36,7 @@ def test_zero3_hf_warmup_exports_reloadable_adapters(ray_session, llama_dir, tmp
         "model.hf.max_length=256", "text.token_budget=200", "warmup.epochs=2", "warmup.lr=0.005",
         "warmup.lm_weight=0.5", "distributed.zero_stage=3", "distributed.stage3_param_persistence_threshold=0",
     ])
-    run_stage(cfg, "warmup", log=lambda _: None)
+    run_stage(cfg, "warmup")
     history = json.loads((tmp_path / "warmup" / "history.json").read_text())
     assert history["zero_stage"] == 3 and history["world_size"] == 2
     model_dir = tmp_path / "warmup" / "model"

@@ -1,6 +1,6 @@
 import pytest
 
-from model_helpers import FakeTitles, make_vocab
+from trixmed.testing import FakeTitles, make_vocab
 from trixmed.data.dataset import Vocab
 
 

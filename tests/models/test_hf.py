@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model_helpers import FakeTitles, make_samples, tiny_config
+from trixmed.testing import FakeTitles, make_samples, tiny_config
 from trixmed.models import build_collator, build_model, load_model, save_model
 from trixmed.models.hf import load_tokenizer
 from trixmed.testing import save_tiny_llama
@@ -57,6 +57,8 @@ def test_hf_pooling_ignores_the_output_text(llama_dir, vocab):
     torch.testing.assert_close(model(with_out).logits, model(without).logits, atol=1e-5, rtol=1e-5)
 
 
+# plain peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias (not our code)
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_hf_adapter_round_trip_through_plain_peft(llama_dir, vocab, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

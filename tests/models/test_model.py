@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from model_helpers import make_samples, tiny_config
+from trixmed.testing import make_samples, tiny_config
 from trixmed.data.dataset import Sample, Visit
 from trixmed.errors import TrixmedError
 from trixmed.models import build_collator, build_model, load_model, save_model
@@ -62,7 +62,7 @@ def test_warmup_and_experts_parameters(vocab, titles):
     trainable = {n for n, p in exp.named_parameters() if p.requires_grad}
     assert trainable and all(".experts_" in n or n.startswith(("router.", "head.")) for n in trainable)
     assert any(n.startswith("router.W_e") for n in trainable)
-    with pytest.raises(TrixmedError, match="num_clusters"):
+    with pytest.raises(ValueError, match="num_clusters"):
         build_model(cfg, vocab, phase="experts", titles=titles)
 
 

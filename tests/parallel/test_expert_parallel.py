@@ -3,15 +3,13 @@
 import importlib
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
-from model_helpers import FakeTitles, make_samples, make_vocab, tiny_config  # noqa: E402
+from trixmed.testing import FakeTitles, make_samples, make_vocab, tiny_config
 
 WORLD = 2
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -28,7 +26,8 @@ def _init(rank: int, port: int) -> None:
 
 
 def _models(cfg, vocab):
-    """Two identical experts models (ep=1 reference, ep=2 candidate) from one random warm-up state."""
+    """Two identical experts models (ep=1 reference, ep=2 candidate) from one random warm-up state,
+    each with its ExpertParallel handle (None for the reference)."""
     from trixmed.models import build_model
     from trixmed.parallel import setup_expert_parallel
 
@@ -46,8 +45,9 @@ def _models(cfg, vocab):
         with torch.no_grad():   # experts that differ, so a mix-up cannot go unnoticed
             for layer in m.moe_layers:
                 layer.experts_B.add_(0.05 * torch.randn_like(layer.experts_B))
-        assert (setup_expert_parallel(m, ep_size) is None) == (ep_size == 1)
-        models.append(m)
+        ep = setup_expert_parallel(m, ep_size)
+        assert (ep is None) == (ep_size == 1)
+        models.append((m, ep))
     return models
 
 
@@ -70,10 +70,11 @@ def _bare(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from trixmed.models import load_model, save_model
+    from trixmed.parallel import full_state_dict
 
     _init(rank, port)
     cfg, vocab = tiny_config("model.moe.router=triage"), make_vocab()
-    ref, ep = _models(cfg, vocab)
+    (ref, _), (ep, handle) = _models(cfg, vocab)
     batch = _batch(cfg, vocab, rank)
     outs = []
     for m in (ref, ep):
@@ -94,8 +95,11 @@ def _bare(rank: int, port: int, out_dir: str) -> None:
             torch.testing.assert_close(p.detach(), _local(ref_params[name].detach(), rank))
         elif p.requires_grad:
             torch.testing.assert_close(p.grad, ref_params[name].grad, **TOL)
-    # saving gathers the shards (a collective on every rank), rank 0 writes a model with all experts
-    save_model(ep, Path(out_dir) / "ep")
+    # the full state gathers the shards (a collective on every rank); rank 0 writes a model with all experts
+    state = full_state_dict(ep, handle)
+    assert not any(k.startswith("ep_marker.") for k in state)
+    if rank == 0:
+        save_model(ep, Path(out_dir) / "ep", state)
     dist.barrier()
     again = load_model(Path(out_dir) / "ep", cfg, vocab)
     torch.testing.assert_close(again(batch).logits, ref(batch).logits, **TOL)
@@ -106,7 +110,7 @@ def _deepspeed(rank: int, port: int, stage: int, ckpt_dir: str) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from trixmed.parallel import gather_expert_state, optimizer_param_groups
+    from trixmed.parallel import full_state_dict, optimizer_param_groups
 
     _init(rank, port)
     cfg, vocab = tiny_config("model.moe.router=triage"), make_vocab()
@@ -114,15 +118,15 @@ def _deepspeed(rank: int, port: int, stage: int, ckpt_dir: str) -> None:
     ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "steps_per_print": 10**9,
           "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
     results = []
-    for m in _models(cfg, vocab):
-        opt = torch.optim.SGD(optimizer_param_groups(m, lr=0.5, weight_decay=0.0))
+    for m, ep in _models(cfg, vocab):
+        opt = torch.optim.SGD(optimizer_param_groups(m, lr=0.5, weight_decay=0.0, ep=ep))
         engine, *_ = deepspeed.initialize(model=m, optimizer=opt, config=ds)
-        assert engine.has_moe_layers == (m.expert_parallel is not None)
+        assert engine.has_moe_layers == (ep is not None)
         out = engine(batch)
         loss, _ = m.loss(batch, out, cfg.experts)
         engine.backward(loss)
         engine.step()
-        state = gather_expert_state(m, {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
+        state = full_state_dict(m, ep, {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
         results.append((out.logits.detach(), loss.detach(), state))
     # DeepSpeed's own checkpoint keeps every rank's experts (its shared model file has rank 0's only)
     local = {n: p.detach().clone() for n, p in m.named_parameters()}

@@ -11,7 +11,7 @@ import pytest
 from trixmed.config import load_config
 from trixmed.errors import TrixmedError
 from trixmed.pipeline import stages as stages_mod
-from trixmed.pipeline.run_dir import RunDir, hash_paths
+from trixmed.run_dir import RunDir, hash_paths
 from trixmed.pipeline.stages import run_stage
 
 
@@ -32,18 +32,17 @@ def cfg_for(root, *extra):
 
 def test_stage_runs_once_then_skips_until_inputs_or_config_change(tmp_path):
     write_features(tmp_path)
-    log: list[str] = []
-    assert run_stage(cfg_for(tmp_path), "stratify", log=log.append).status == "ran"
+    assert run_stage(cfg_for(tmp_path), "stratify").status == "ran"
     assign = pd.read_parquet(tmp_path / "clusters" / "assignments.parquet")
     assert len(assign) == 60 and set(assign["cluster"]) == {0, 1, 2}
-    assert run_stage(cfg_for(tmp_path), "stratify", log=log.append).status == "skipped"
+    assert run_stage(cfg_for(tmp_path), "stratify").status == "skipped"
     # an unrelated config section does not invalidate the stage
-    assert run_stage(cfg_for(tmp_path, "experts.lr=0.5"), "stratify", log=log.append).status == "skipped"
-    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", log=log.append).status == "ran"
-    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", log=log.append).status == "skipped"
+    assert run_stage(cfg_for(tmp_path, "experts.lr=0.5"), "stratify").status == "skipped"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify").status == "ran"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify").status == "skipped"
     write_features(tmp_path, seed=1)   # new content → re-run
-    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", log=log.append).status == "ran"
-    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", force=True, log=log.append).status == "ran"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify").status == "ran"
+    assert run_stage(cfg_for(tmp_path, "stratify.num_clusters=2"), "stratify", force=True).status == "ran"
     state = RunDir(tmp_path).state()["stages"]["stratify"]
     assert state["input_hash"] == hash_paths([tmp_path / "features"])
     assert state["summary"]["num_clusters"] == 2
@@ -64,22 +63,22 @@ def test_interrupted_stage_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     write_features(tmp_path)
     real = stages_mod.STAGES["stratify"]
 
-    def interrupted(cfg, rd, out, ihash):
+    def interrupted(cfg, rd, out, ihash, console):
         (out / "assignments.parquet").write_text("half written")
         raise KeyboardInterrupt
 
     monkeypatch.setitem(stages_mod.STAGES, "stratify", dataclasses.replace(real, run=interrupted))
     with pytest.raises(KeyboardInterrupt):
-        run_stage(cfg_for(tmp_path), "stratify", log=lambda _: None)
+        run_stage(cfg_for(tmp_path), "stratify")
     assert not (tmp_path / "clusters").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["features"]   # no temp dir, no run.json entry
     monkeypatch.setitem(stages_mod.STAGES, "stratify", real)
-    assert run_stage(cfg_for(tmp_path), "stratify", log=lambda _: None).status == "ran"
+    assert run_stage(cfg_for(tmp_path), "stratify").status == "ran"
 
 
 def test_missing_input_names_the_directory(tmp_path):
     with pytest.raises(TrixmedError, match=r"features: missing; stage stratify needs it"):
-        run_stage(cfg_for(tmp_path), "stratify", log=lambda _: None)
+        run_stage(cfg_for(tmp_path), "stratify")
 
 
 def test_hash_ignores_hidden_entries_but_not_content(tmp_path):
@@ -91,3 +90,18 @@ def test_hash_ignores_hidden_entries_but_not_content(tmp_path):
     assert hash_paths([tmp_path / "d"]) == h
     (tmp_path / "d" / "a.txt").write_text("z")
     assert hash_paths([tmp_path / "d"]) != h
+
+
+def test_text_settings_matter_only_where_narratives_are_rendered():
+    from trixmed.pipeline.stages import STAGES, config_hash
+
+    codes, codes_text = load_config(None), load_config(None, ["text.token_budget=64"])
+    hf = ["model.backbone=hf", "model.hf.path=/models/llama"]
+    hf_base, hf_text = load_config(None, hf), load_config(None, [*hf, "text.token_budget=64"])
+    for name in ("prepare", "warmup", "extract", "experts", "evaluate"):
+        stage = STAGES[name]
+        assert config_hash(codes, stage.keys(codes)) == config_hash(codes_text, stage.keys(codes_text)), name
+    for name in ("warmup", "extract", "experts", "evaluate"):
+        stage = STAGES[name]
+        assert config_hash(hf_base, stage.keys(hf_base)) != config_hash(hf_text, stage.keys(hf_text)), name
+    assert config_hash(hf_base, STAGES["prepare"].keys(hf_base)) == config_hash(hf_text, STAGES["prepare"].keys(hf_text))

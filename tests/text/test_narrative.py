@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import pandas as pd
 import pytest
-from helpers import make_dataset_dir
+from trixmed.testing import make_dataset_dir
 
 from trixmed.config import TextConfig
 from trixmed.data.dataset import Dataset, Sample, Visit
-from trixmed.text.narrative import render, write_narratives
+from trixmed.text.narrative import render
 from trixmed.text.titles import CodeTitles
 
 EXPECTED = """\
@@ -97,7 +96,7 @@ def test_custom_token_counter(titles):
     assert render(s, titles, token_budget=chars.n_tokens - 1, instruction="x", count_tokens=len).n_history_dropped == 1
 
 
-def test_write_narratives(tmp_path, titles):
+def test_dataset_samples_render_in_order(tmp_path, titles):
     vocab = {"diag": ["4019", "42731"], "proc": ["3893"], "med": ["B01A", "N02B"]}
     visits = [
         {"patient_id": "a", "visit_order": 0, "split": "train", "diag": ["4019"], "proc": [], "med": ["N02B"]},
@@ -105,15 +104,12 @@ def test_write_narratives(tmp_path, titles):
         {"patient_id": "b", "visit_order": 0, "split": "test", "diag": ["4019"], "proc": [], "med": ["B01A", "N02B"]},
     ]
     ds = Dataset(make_dataset_dir(tmp_path / "ds", visits, vocab))
-    out = tmp_path / "narratives.parquet"
-    assert write_narratives(ds, out, titles, TextConfig()) == 3
-    df = pd.read_parquet(out)
-    assert list(df.columns) == ["visit_key", "split", "prompt", "output", "n_tokens", "n_history_dropped", "truncated"]
-    assert df["visit_key"].tolist() == ["a:0", "a:1", "b:0"]
-    assert df.loc[1, "output"] == "B01A (ANTITHROMBOTIC AGENTS)"
-    assert "Visit 1:" in df.loc[1, "prompt"] and "Visit 1:" not in df.loc[0, "prompt"]
-    assert write_narratives(ds, out, titles, TextConfig(), split="test") == 1
-    assert pd.read_parquet(out)["visit_key"].tolist() == ["b:0"]
+    cfg = TextConfig()
+    rendered = [render(s, titles, token_budget=cfg.token_budget, instruction=cfg.instruction) for s in ds.samples()]
+    assert [s.visit_key for s in ds.samples()] == ["a:0", "a:1", "b:0"]
+    assert rendered[1].output == "B01A (ANTITHROMBOTIC AGENTS)"
+    assert "Visit 1:" in rendered[1].prompt and "Visit 1:" not in rendered[0].prompt
+    assert all(n.prompt.startswith("Instruction: ") for n in rendered)
 
 
 @pytest.mark.parametrize("override", ["text.token_budget=0", "text.instruction=' '"])

@@ -36,7 +36,7 @@ class ClusterTransform:
         """Features [N, H] → z-scored principal components [N, k]."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != self.pca_mean.shape[0]:
-            raise TrixmedError("features", f"expected shape [N, {self.pca_mean.shape[0]}], got {list(features.shape)}")
+            raise ValueError(f"features: expected shape [N, {self.pca_mean.shape[0]}], got {list(features.shape)}")
         z = (features - self.pca_mean) @ self.pca_components.T
         return (z - self.scale_mean) / self.scale_std
 
@@ -77,11 +77,11 @@ class ClusterTransform:
         return cls(**{k: arrays[k] for k in _ARRAYS}, inertia=float(meta.get("inertia", float("nan"))))
 
 
-def load_assignments(clusters_dir: str | Path) -> dict[str, int]:
-    """visit_key → cluster id, as the stratify stage assigned every visit."""
+def load_assignments(path: str | Path) -> dict[str, int]:
+    """visit_key → cluster id from an assignments file (`RunDir.assignments`)."""
     import pandas as pd
 
-    path = Path(clusters_dir) / "assignments.parquet"
+    path = Path(path)
     if not path.is_file():
         raise TrixmedError(path, "missing; run `trixmed stratify` first")
     df = pd.read_parquet(path, columns=["visit_key", "cluster"])

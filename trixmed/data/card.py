@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from trixmed.data.dataset import SPLITS, Vocab
-from trixmed.eval.metrics import ddi_rate
+from trixmed.data.ddi import ddi_rate
 
 _KINDS = ("diag", "proc", "med")
 

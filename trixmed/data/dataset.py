@@ -6,7 +6,6 @@
         vocab.json       {"diag": [...], "proc": [...], "med": [...]}: list position = model index
         ddi.npz          "ddi": uint8 [n_med, n_med], symmetric, indexed by vocab["med"] order
         card.json/.md    statistics (patients, visits, vocab sizes, DDI rates, ...)
-        narratives.parquet  every sample rendered as the paper's prompt (visit_key, split, prompt, output)
 
 A *sample* is one visit T of a patient: the earlier visits (diagnoses, procedures, medications)
 plus the diagnoses and procedures of visit T; its target is the medication set of visit T.

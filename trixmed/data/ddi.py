@@ -74,6 +74,51 @@ def ddi_matrix(codes: Sequence[str], pairs: set[tuple[str, str]] | None = None) 
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# DDI rate: SafeDrug's definition, shared by the dataset card (ground truth) and the metrics.
+
+
+def ddi_rate(pred_sets: np.ndarray | Sequence[Sequence[int]], ddi: np.ndarray) -> float:
+    """SafeDrug's DDI rate: interacting unordered pairs / all unordered pairs, pooled over visits.
+
+    `pred_sets` is a [N, M] 0/1 matrix or a list of drug-index lists (indices into the
+    vocabulary, i.e. into `ddi` — never positions inside the predicted list). A pair (i, j)
+    interacts when ddi[i, j] or ddi[j, i] is set. 0 when no visit has two drugs.
+    """
+    if isinstance(pred_sets, np.ndarray) and pred_sets.ndim == 2:
+        if pred_sets.dtype != bool and not np.isin(pred_sets, (0, 1)).all():
+            raise ValueError("pred_sets must hold only 0/1")
+        p = pred_sets.astype(bool)
+    else:
+        p = np.zeros((len(pred_sets), ddi.shape[0]), dtype=bool)
+        for r, idx in enumerate(pred_sets):
+            p[r, np.asarray(list(idx), dtype=np.int64)] = True
+    check_ddi_matrix(ddi, p.shape[1])
+    inter, pairs = ddi_pair_counts(p, ddi)
+    return pooled_rate(inter, pairs)
+
+
+def check_ddi_matrix(ddi: np.ndarray, n_med: int) -> None:
+    if ddi.ndim != 2 or ddi.shape != (n_med, n_med):
+        raise ValueError(f"ddi must be [{n_med}, {n_med}] (one row/column per vocabulary drug), got {ddi.shape}")
+
+
+def ddi_pair_counts(p: np.ndarray, ddi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per visit: interacting unordered pairs and all unordered pairs of the set in `p`."""
+    adj = (np.asarray(ddi) != 0)
+    adj = (adj | adj.T).astype(np.float64)
+    np.fill_diagonal(adj, 0.0)  # a drug never pairs with itself (SafeDrug's loop has j > i)
+    pf = p.astype(np.float64)
+    inter = ((pf @ adj) * pf).sum(1) / 2.0
+    k = pf.sum(1)
+    return inter, k * (k - 1) / 2.0
+
+
+def pooled_rate(num: np.ndarray, den: np.ndarray) -> float:
+    total = float(np.sum(den))
+    return float(np.sum(num)) / total if total > 0 else 0.0
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trixmed.data.ddi", description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", action="store_true", help="rebuild the bundled ATC-3 pair list")

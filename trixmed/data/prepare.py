@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trixmed.config import Config, DataConfig, TextConfig, to_dict
+from trixmed.config import Config, DataConfig, to_dict
 from trixmed.data.card import card_markdown, dataset_card
 from trixmed.data.dataset import visit_key
 from trixmed.data.records import Records
 from trixmed.data.splits import assign_split
 from trixmed.io import atomic_dir, atomic_file, write_json
+from trixmed.run_dir import RunDir
 
 
 def load_records(data: DataConfig) -> Records:
@@ -52,7 +53,7 @@ def prepare(cfg: Config) -> Path:
     if records.log:
         card["processing"] = records.log
     title = Path(cfg.data.path).name if cfg.data.path else "bundled MIMIC-III demo"
-    return write_dataset(Path(cfg.run_dir) / "dataset", visits, records, card, _meta(cfg), title, text=cfg.text)
+    return write_dataset(RunDir(cfg.run_dir).dataset, visits, records, card, _meta(cfg), title)
 
 
 def write_dataset(
@@ -62,10 +63,8 @@ def write_dataset(
     card: dict,
     meta: dict,
     title: str,
-    *,
-    text: TextConfig | None = None,
 ) -> Path:
-    """Write the artifact; with `text`, also every sample's narrative (`narratives.parquet`)."""
+    """Write the artifact (atomically: a temp directory renamed into place)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -91,12 +90,6 @@ def write_dataset(
         with atomic_file(tmp / "card.md") as fh:
             fh.write(card_markdown(card, title))
         write_json(tmp / "meta.json", meta)
-        if text is not None:
-            from trixmed.data.dataset import Dataset
-            from trixmed.text.narrative import write_narratives
-            from trixmed.text.titles import CodeTitles
-
-            write_narratives(Dataset(tmp), tmp / "narratives.parquet", CodeTitles.default(), text)
     return target
 
 

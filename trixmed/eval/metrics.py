@@ -19,6 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trixmed.data.ddi import check_ddi_matrix, ddi_pair_counts, ddi_rate, pooled_rate
+
+__all__ = ["METRICS", "average_precision", "choose_threshold", "ddi_rate", "multilabel_metrics", "summarize"]
+
 # order of the metrics in tables and JSON
 METRICS = ("jaccard", "prauc", "precision", "recall", "f1", "ddi_rate", "gt_ddi_rate", "avg_drugs")
 MEAN_METRICS = ("jaccard", "prauc", "precision", "recall", "f1")
@@ -42,7 +46,7 @@ def multilabel_metrics(
     p = _binary(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in shape")
-    _check_ddi(ddi, t.shape[1])
+    check_ddi_matrix(ddi, t.shape[1])
     inter = (t & p).sum(1)
     union = (t | p).sum(1)
     n_pred = p.sum(1)
@@ -51,8 +55,8 @@ def multilabel_metrics(
     precision = _safe_div(inter, n_pred)
     recall = _safe_div(inter, n_true)
     f1 = _safe_div(2 * precision * recall, precision + recall)
-    ddi_pairs, n_pairs = _ddi_pairs(p, ddi)
-    gt_ddi_pairs, gt_n_pairs = _ddi_pairs(t, ddi)
+    ddi_pairs, n_pairs = ddi_pair_counts(p, ddi)
+    gt_ddi_pairs, gt_n_pairs = ddi_pair_counts(t, ddi)
     out = {
         "jaccard": jaccard,
         "precision": precision,
@@ -100,24 +104,6 @@ def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     return _safe_div(gain, positives)
 
 
-def ddi_rate(pred_sets: np.ndarray | Sequence[Sequence[int]], ddi: np.ndarray) -> float:
-    """SafeDrug's DDI rate: interacting unordered pairs / all unordered pairs, pooled over visits.
-
-    `pred_sets` is a [N, M] 0/1 matrix or a list of drug-index lists (indices into the
-    vocabulary, i.e. into `ddi` — never positions inside the predicted list). A pair (i, j)
-    interacts when ddi[i, j] or ddi[j, i] is set. 0 when no visit has two drugs.
-    """
-    if isinstance(pred_sets, np.ndarray) and pred_sets.ndim == 2:
-        p = _binary(pred_sets, "pred_sets")
-    else:
-        p = np.zeros((len(pred_sets), ddi.shape[0]), dtype=bool)
-        for r, idx in enumerate(pred_sets):
-            p[r, np.asarray(list(idx), dtype=np.int64)] = True
-    _check_ddi(ddi, p.shape[1])
-    inter, pairs = _ddi_pairs(p, ddi)
-    return float(_pooled(inter, pairs))
-
-
 def summarize(
     per_visit: dict[str, np.ndarray],
     groups: np.ndarray | None = None,
@@ -139,8 +125,8 @@ def summarize(
             continue
         v = per_visit[name]
         out[name] = float(_group_mean(v, groups) if average == "patient" else v.mean()) if len(v) else 0.0
-    out["ddi_rate"] = float(_pooled(per_visit["ddi_pairs"], per_visit["n_pairs"]))
-    out["gt_ddi_rate"] = float(_pooled(per_visit["gt_ddi_pairs"], per_visit["gt_n_pairs"]))
+    out["ddi_rate"] = float(pooled_rate(per_visit["ddi_pairs"], per_visit["n_pairs"]))
+    out["gt_ddi_rate"] = float(pooled_rate(per_visit["gt_ddi_pairs"], per_visit["gt_n_pairs"]))
     out["avg_drugs"] = float(per_visit["n_drugs"].mean()) if len(per_visit["n_drugs"]) else 0.0
     return {k: out[k] for k in METRICS if k in out}
 
@@ -182,27 +168,6 @@ def _binary(x: np.ndarray, name: str) -> np.ndarray:
             raise ValueError(f"{name} must hold only 0/1")
         a = a.astype(bool)
     return a
-
-
-def _check_ddi(ddi: np.ndarray, n_med: int) -> None:
-    if ddi.ndim != 2 or ddi.shape != (n_med, n_med):
-        raise ValueError(f"ddi must be [{n_med}, {n_med}] (one row/column per vocabulary drug), got {ddi.shape}")
-
-
-def _ddi_pairs(p: np.ndarray, ddi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per visit: interacting unordered pairs and all unordered pairs of the set in `p`."""
-    adj = (np.asarray(ddi) != 0)
-    adj = (adj | adj.T).astype(np.float64)
-    np.fill_diagonal(adj, 0.0)  # a drug never pairs with itself (SafeDrug's loop has j > i)
-    pf = p.astype(np.float64)
-    inter = ((pf @ adj) * pf).sum(1) / 2.0
-    k = pf.sum(1)
-    return inter, k * (k - 1) / 2.0
-
-
-def _pooled(num: np.ndarray, den: np.ndarray) -> float:
-    total = float(np.sum(den))
-    return float(np.sum(num)) / total if total > 0 else 0.0
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:

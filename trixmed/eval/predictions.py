@@ -1,4 +1,4 @@
-"""Predictions files: any model's medication sets, scored by the same harness (docs/metrics.md).
+"""Predictions files, reader and writer: any model's medication sets, scored by the same harness (docs/metrics.md).
 
 JSON lines (.jsonl / .json / .ndjson), one object per visit:
     {"visit_key": "p17:2", "predicted": ["N02B", "A02B"], "probabilities": {"N02B": 0.93, "A02B": 0.71, "B01A": 0.2}}
@@ -58,6 +58,22 @@ def read_predictions(path: str | Path, med_vocab: list[str]) -> Predictions:
     if not records:
         raise TrixmedError(path, "no predictions in the file")
     return _from_records(records, med_vocab, str(path))
+
+
+def write_predictions(path: str | Path, visit_keys: list[str], probs: np.ndarray, med_vocab: list[str],
+                      threshold: float) -> None:
+    """Write model scores as a JSON-lines predictions file (atomically): the set at `threshold`
+    and every drug's probability, in the format `read_predictions` reads back."""
+    from trixmed.io import atomic_file
+
+    with atomic_file(path) as fh:
+        for key, p in zip(visit_keys, probs):
+            row = {
+                "visit_key": key,
+                "predicted": [med_vocab[j] for j in np.flatnonzero(p >= threshold)],
+                "probabilities": {med_vocab[j]: float(p[j]) for j in range(len(med_vocab))},
+            }
+            fh.write(json.dumps(row) + "\n")
 
 
 def predictions_from_frame(df: Any, med_vocab: list[str], source: str = "<predictions>") -> Predictions:

@@ -30,7 +30,7 @@ def build_collator(cfg: Config, vocab: Vocab, *, tokenizer: Any = None, titles: 
     if cfg.model.backbone == "codes":
         return _CodesCollator(vocab, cfg.model.codes.max_visits)
     if tokenizer is None:
-        raise TrixmedError("build_collator", "backbone=hf needs the model's tokenizer")
+        raise ValueError("build_collator: backbone=hf needs the model's tokenizer")
     if titles is None:
         from trixmed.text.titles import CodeTitles
 
@@ -55,7 +55,7 @@ def _finish(batch: dict[str, Tensor], samples: list[Sample], vocab: Vocab, clust
     batch["labels"] = _labels(samples, vocab)
     if clusters is not None:
         if len(clusters) != len(samples):
-            raise TrixmedError("collate", f"{len(clusters)} cluster ids for {len(samples)} samples")
+            raise ValueError(f"collate: {len(clusters)} cluster ids for {len(samples)} samples")
         batch["cluster"] = torch.as_tensor(clusters, dtype=torch.long)
     return batch
 

@@ -9,6 +9,8 @@ positions (a 128k-word lm_head over every token would dominate the cost).
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -61,7 +63,11 @@ class HFBackbone(nn.Module):
         peft_cfg = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                   target_modules=list(lora.targets), task_type="CAUSAL_LM")
         try:
-            self.peft = get_peft_model(lm, peft_cfg)
+            with warnings.catch_warnings():
+                # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias; the
+                # checkpointing it would set up is already done above
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                self.peft = get_peft_model(lm, peft_cfg)
         except ValueError as exc:
             raise TrixmedError("model.lora.targets", f"{lora.targets} match no layer of {cfg.path}: {exc}") from None
 

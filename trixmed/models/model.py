@@ -9,20 +9,20 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trixmed.config import Config, ModelConfig, PhaseConfig, from_dict, to_dict
+from trixmed.config import Config, ExpertsConfig, ModelConfig, WarmupConfig, from_dict, to_dict
 from trixmed.data.dataset import Vocab
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, read_json, write_json
 from trixmed.models.codes import CodesBackbone, build_title_words, masked_mean
-from trixmed.models.lora import LocalDispatch, LoRALinear, MoELoRALinear, adapt_linears
+from trixmed.models.lora import Dispatch, LocalDispatch, LoRALinear, MoELoRALinear, adapt_linears
 from trixmed.models.router import LearnedRouter, Routing, TriageRouter, route
 
 PHASES = ("warmup", "experts")
@@ -52,8 +52,9 @@ class MedRecModel(nn.Module):
             self.router = TriageRouter(num_clusters, moe.num_experts)
         elif phase == "experts" and moe.router == "learned":
             self.router = LearnedRouter(backbone.hidden_size, moe.num_experts)
-        # Set by trixmed.parallel.setup_expert_parallel when experts are partitioned over ranks.
-        self.expert_parallel: Any = None
+        # How one forward's routing reaches the MoE-LoRA layers. Every expert is local by default;
+        # distributed wrappers replace this from outside to send rows to the ranks holding them.
+        self.make_dispatch: Callable[[Routing], Dispatch] = self._local_dispatch
 
     @property
     def moe_layers(self) -> list[MoELoRALinear]:
@@ -64,17 +65,19 @@ class MedRecModel(nn.Module):
             return None
         if isinstance(self.router, TriageRouter):
             if "cluster" not in batch:
-                raise TrixmedError("batch", "router=triage needs the cluster id of every sample (collator's second argument)")
+                raise ValueError("router=triage needs the cluster id of every sample (the collator's second argument)")
             logits = self.router(batch["cluster"])
         else:
             logits = self.router(self.backbone.input_features(batch))
         return route(logits, self.cfg.moe.top_n, self.cfg.moe.renormalize)
 
+    def _local_dispatch(self, routing: Routing) -> Dispatch:
+        return LocalDispatch(routing.weights, routing.indices, self.cfg.moe.num_experts)
+
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         routing = self.route(batch)
         if routing is not None:
-            dispatch = (self.expert_parallel.dispatch(routing) if self.expert_parallel is not None
-                        else LocalDispatch(routing.weights, routing.indices, self.cfg.moe.num_experts))
+            dispatch = self.make_dispatch(routing)
             # kept after the forward: gradient checkpointing re-runs the layers during backward
             for m in self.moe_layers:
                 m.dispatch = dispatch
@@ -85,7 +88,7 @@ class MedRecModel(nn.Module):
             return ModelOutput(logits, pooled, logits.new_zeros(()), lm_loss, None, None)
         return ModelOutput(logits, pooled, routing.aux_loss, lm_loss, routing.counts, routing.gates)
 
-    def loss(self, batch: dict[str, Tensor], out: ModelOutput, phase_cfg: PhaseConfig) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Tensor], out: ModelOutput, phase_cfg: WarmupConfig | ExpertsConfig) -> tuple[Tensor, dict[str, float]]:
         """warm-up: λ_LM·LM + λ_med·BCE;  experts: BCE + λ·L_aux. Returns (loss, parts for logging)."""
         bce = F.binary_cross_entropy_with_logits(out.logits, batch["labels"])
         parts = {"bce": bce.item(), "aux": out.aux_loss.item()}
@@ -101,9 +104,8 @@ class MedRecModel(nn.Module):
         return total, parts
 
     def init_experts_from_warmup(self, warm_state: dict[str, Tensor]) -> None:
-        """Load the warm-up model's state (backbone, head, LoRA); every expert starts as its LoRA."""
-        if self.expert_parallel is not None:
-            raise RuntimeError("init_experts_from_warmup must run before setup_expert_parallel")
+        """Load the warm-up model's state (backbone, head, LoRA); every expert starts as its LoRA.
+        Call it before experts are partitioned over ranks: it fills all E experts."""
         own = self.state_dict()
         used: set[str] = set()
         for name, layer in ((n, m) for n, m in self.named_modules() if isinstance(m, MoELoRALinear)):
@@ -111,7 +113,7 @@ class MedRecModel(nn.Module):
             for part in ("lora_A", "lora_B"):
                 keys = [k for k in warm_state if k.startswith(f"{name}.{part}")]
                 if len(keys) != 1:
-                    raise TrixmedError("warm-up state", f"expected one {name}.{part}* tensor, found {len(keys)}")
+                    raise ValueError(f"warm-up state: expected one {name}.{part}* tensor, found {len(keys)}")
                 pair.append(warm_state[keys[0]])
                 used.add(keys[0])
             layer.load_adapter(*pair)
@@ -120,9 +122,9 @@ class MedRecModel(nn.Module):
             if k in used:
                 continue
             if k not in own:
-                raise TrixmedError("warm-up state", f"{k} has no counterpart in the experts model")
+                raise ValueError(f"warm-up state: {k} has no counterpart in the experts model")
             if own[k].shape != v.shape:
-                raise TrixmedError("warm-up state", f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+                raise ValueError(f"warm-up state: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
             rest[k] = v
         self.load_state_dict(rest, strict=False)
 
@@ -153,10 +155,10 @@ def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | No
 def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters: int | None,
            title_tables: tuple[dict[str, Tensor], int] | None) -> MedRecModel:
     if phase not in PHASES:
-        raise TrixmedError("phase", f"must be one of {', '.join(PHASES)}, got {phase!r}")
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     moe = mcfg.moe
     if phase == "experts" and moe.router == "triage" and not (num_clusters and num_clusters > 0):
-        raise TrixmedError("model.moe.router", "triage routing needs num_clusters (from the stratify stage)")
+        raise ValueError("triage routing needs num_clusters (from the stratify stage)")
     lora = mcfg.lora
     if mcfg.backbone == "codes":
         tables, num_words = title_tables if title_tables else (None, 0)
@@ -191,20 +193,20 @@ def _peft_to_moe(backbone: nn.Module, num_experts: int, lora) -> None:
             setattr(backbone.get_submodule(parent_name), child, moe)
 
 
-def save_model(model: MedRecModel, directory: str | Path) -> None:
+def save_model(model: MedRecModel, directory: str | Path, state: dict[str, Tensor] | None = None) -> None:
     """Weights as safetensors + model.json; hf warm-up adapters also via peft `save_pretrained`.
 
     codes: the whole state; hf: everything but the frozen base (it stays in model.hf.path).
-    With experts partitioned over ranks call it on every rank (the shards are gathered); rank 0 writes.
+    `state` replaces the model's own state dict where the caller assembled the full weights
+    (parameters gathered from the ranks that hold them).
     """
     from safetensors.torch import save_file
 
-    state = model.state_dict() if model.cfg.backbone == "codes" else model.trainable_state_dict() | model.adapter_state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith("ep_marker.")}   # DeepSpeed's view of the experts
-    if model.expert_parallel is not None:
-        state = model.expert_parallel.gather_state(state)
-        if not model.expert_parallel.is_writer:
-            return
+    if state is None:
+        state = model.state_dict()
+    if model.cfg.backbone == "hf":
+        keep = model.trainable_state_dict().keys() | model.adapter_state_dict().keys()
+        state = {k: v for k, v in state.items() if k in keep}
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
         sizes = {"diag": model.backbone.sizes["diag"], "proc": model.backbone.sizes["proc"]} if model.cfg.backbone == "codes" else {}

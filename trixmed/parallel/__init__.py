@@ -1,10 +1,10 @@
-"""Expert parallelism for the MoE-LoRA experts (see docs/model.md for the design choice)."""
+"""Expert parallelism for the MoE-LoRA experts, wrapped around the model from outside (see docs/model.md)."""
 
 from trixmed.parallel.expert_parallel import (
     ExpertParallel,
-    gather_expert_state,
+    full_state_dict,
     optimizer_param_groups,
     setup_expert_parallel,
 )
 
-__all__ = ["ExpertParallel", "gather_expert_state", "optimizer_param_groups", "setup_expert_parallel"]
+__all__ = ["ExpertParallel", "full_state_dict", "optimizer_param_groups", "setup_expert_parallel"]

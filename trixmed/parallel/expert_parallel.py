@@ -13,11 +13,15 @@ groups are split with `split_params_into_different_moe_groups_for_optimizer`, an
 `deepspeed.moe.layer.MoE` marker makes the engine configure its MoE gradient reduction: expert
 gradients are then reduced over the expert-data-parallel group only, never as shared parameters.
 
+The model itself knows nothing of this: `setup_expert_parallel` swaps the model's dispatch seam
+(`MedRecModel.make_dispatch`) for the all-to-all one from outside.
+
     deepspeed.init_distributed(...)
     model = build_model(...); model.init_experts_from_warmup(state)
-    setup_expert_parallel(model, cfg.model.moe.ep_size)        # before building the optimizer
-    groups = optimizer_param_groups(model, lr, weight_decay)
+    ep = setup_expert_parallel(model, cfg.model.moe.ep_size)   # before building the optimizer
+    groups = optimizer_param_groups(model, lr, weight_decay, ep)
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(groups), ...)
+    state = full_state_dict(model, ep)                         # every rank; rank 0 saves it
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from trixmed.models.lora import MoELoRALinear
 from trixmed.models.router import Routing
 
 
+MARKER = "ep_marker"   # submodule name of DeepSpeed's MoE marker (its state entries are views)
+
+
 class ExpertParallel:
     """The expert-parallel group of this rank and the experts it holds."""
 
@@ -43,10 +50,6 @@ class ExpertParallel:
         self.num_experts = num_experts
         self.num_local = num_experts // ep_size
         self.first_expert = self.rank * self.num_local
-
-    @property
-    def is_writer(self) -> bool:
-        return dist.get_rank() == 0
 
     def dispatch(self, routing: Routing) -> AllToAllDispatch:
         return AllToAllDispatch(self, routing.weights, routing.indices)
@@ -121,6 +124,8 @@ def setup_expert_parallel(model: nn.Module, ep_size: int) -> ExpertParallel | No
     num_experts = layers[0].num_experts
     if world % ep_size or num_experts % ep_size:
         raise TrixmedError("model.moe.ep_size", f"{ep_size} must divide the world size {world} and num_experts {num_experts}")
+    if layers[0].experts_A.shape[0] != num_experts:
+        raise RuntimeError("experts are already partitioned: call setup_expert_parallel once, after init_experts_from_warmup")
     name = f"ep_size_{ep_size}"
     if name not in groups._get_expert_parallel_group_dict():
         groups._create_expert_and_data_parallel(ep_size)
@@ -133,26 +138,31 @@ def setup_expert_parallel(model: nn.Module, ep_size: int) -> ExpertParallel | No
             p.allreduce = False        # DeepSpeed: an expert parameter, reduced over its expert-data group
             p.group_name = name
             setattr(layer, attr, p)
-    model.expert_parallel = ep
-    model.ep_marker = _deepspeed_marker(model, ep)
+    model.make_dispatch = ep.dispatch
+    model.add_module(MARKER, _deepspeed_marker(model, ep))
     return ep
 
 
-def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float,
+                           ep: ExpertParallel | None = None) -> list[dict[str, Any]]:
     """Trainable parameters as optimizer groups; expert-parallel experts in DeepSpeed's MoE groups."""
     params = [p for p in model.parameters() if p.requires_grad]
     param_groups = [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "trainable"}]
-    if getattr(model, "expert_parallel", None) is None:
+    if ep is None:
         return param_groups
     from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 
     return [g for g in split_params_into_different_moe_groups_for_optimizer(param_groups) if g["params"]]
 
 
-def gather_expert_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """All experts in `state` (a model state dict), gathered when they are partitioned; else `state`."""
-    ep = getattr(model, "expert_parallel", None)
-    return ep.gather_state(state) if ep is not None else state
+def full_state_dict(model: nn.Module, ep: ExpertParallel | None,
+                    state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The model's state (or `state`) as if unpartitioned: every expert gathered from its group and
+    DeepSpeed's marker views left out. With `ep` set, every rank of the group must call it."""
+    state = model.state_dict() if state is None else state
+    if ep is None:
+        return state
+    return ep.gather_state({k: v for k, v in state.items() if not k.startswith(MARKER + ".")})
 
 
 def _is_expert_key(key: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from trixmed.config import Config
 from trixmed.errors import TrixmedError
-from trixmed.pipeline.run_dir import RunDir
+from trixmed.run_dir import RunDir
 from trixmed.train.deepspeed_config import build_deepspeed_config
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -30,13 +30,12 @@ def build_plan(cfg: Config) -> dict[str, Any]:
     upstream_runs = False   # once a stage re-runs, every later stage gets new inputs
     for name, stage in STAGES.items():
         try:
-            done = not upstream_runs and rd.is_complete(
-                name, stage.output, input_hash(cfg, rd, stage), config_hash(cfg, stage.config_keys))
+            done = not upstream_runs and rd.is_complete(name, input_hash(cfg, rd, stage), config_hash(cfg, stage.keys(cfg)))
             status = "up to date (skip)" if done else ("will run (after its inputs)" if upstream_runs else "will run")
         except TrixmedError:
             status = "will run (after its inputs)"
         upstream_runs = upstream_runs or not status.startswith("up to date")
-        stages.append({"stage": name, "output": str(rd / stage.output), "status": status})
+        stages.append({"stage": name, "output": str(rd.stage_dir(name)), "status": status})
     phases = {}
     for phase in ("warmup", "experts"):
         ds_cfg = build_deepspeed_config(getattr(cfg, phase), d, world, phase)   # validates the batch split
@@ -94,8 +93,8 @@ def estimate_memory(cfg: Config) -> dict[str, Any]:
         return {"error": str(exc)}
     d = cfg.distributed
     world = d.num_workers
-    nodes = max(1, math.ceil(world / d.gpus_per_node))
-    per_node = min(world, d.gpus_per_node)
+    nodes = max(1, math.ceil(world / cfg.plan.gpus_per_node))
+    per_node = min(world, cfg.plan.gpus_per_node)
     trainable = counts["trainable"]
     if d.zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -132,11 +131,11 @@ def _param_counts(cfg: Config) -> dict[str, Any]:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         candidates = [Path(cfg.model.hf.path) / "config.json"] if cfg.model.hf.path else []
-        if cfg.distributed.estimate_from:
-            candidates.append(Path(cfg.distributed.estimate_from))
+        if cfg.plan.arch_config:
+            candidates.append(Path(cfg.plan.arch_config))
         arch = next((c for c in candidates if c.is_file()), None)
         if arch is None:
-            raise TrixmedError("model.hf.path", "model directory not on this machine; set distributed.estimate_from to its config.json")
+            raise TrixmedError("model.hf.path", "model directory not on this machine; set plan.arch_config to its config.json")
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(arch)))
         hidden = lm.config.hidden_size
@@ -161,7 +160,7 @@ def _param_counts(cfg: Config) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset, Vocab
     from trixmed.models import build_model
 
-    ds_root = Path(cfg.run_dir) / "dataset"
+    ds_root = RunDir(cfg.run_dir).dataset
     if (ds_root / "vocab.json").is_file():
         vocab, source = Dataset(ds_root).vocab, f"codes backbone, vocabulary of {ds_root}"
     else:

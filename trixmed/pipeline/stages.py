@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trixmed.config import Config, to_dict
+from trixmed.console import Console
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, write_json
-from trixmed.pipeline.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
+from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,14 +35,14 @@ _BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora")
 @dataclass(frozen=True)
 class Stage:
     name: str
-    inputs: tuple[str, ...]       # run-dir subdirectories read (their content is hashed)
+    inputs: tuple[str, ...]       # stages whose outputs are read (their content is hashed)
     config_keys: tuple[str, ...]  # dotted config keys the result depends on
-    run: Callable[[Config, RunDir, Path, str], dict[str, Any]]  # (cfg, run dir, staging dir, input hash) → summary
+    run: Callable[[Config, RunDir, Path, str, Console], dict[str, Any]]  # (cfg, run dir, staging dir, input hash, console) → summary
+    reads_text: bool = False      # renders narratives (hf backbone): the `text` section matters too
 
-    @property
-    def output(self) -> str:
-        return {"warmup": "warmup", "extract": "features", "stratify": "clusters", "experts": "experts",
-                "evaluate": "eval", "prepare": "dataset"}[self.name]
+    def keys(self, cfg: Config) -> tuple[str, ...]:
+        """The config keys of this stage for this config: `text` only where narratives are rendered."""
+        return (*self.config_keys, "text") if self.reads_text and cfg.model.backbone == "hf" else self.config_keys
 
 
 def config_hash(cfg: Config, keys: tuple[str, ...]) -> str:
@@ -59,17 +60,17 @@ def input_hash(cfg: Config, rd: RunDir, stage: Stage) -> str:
     if stage.name == "prepare":
         src = [Path(cfg.data.path)] if cfg.data.path else []
         return fingerprint_paths([p for p in src if p.exists()])
-    missing = [name for name in stage.inputs if not (rd / name).is_dir()]
+    missing = [rd.stage_dir(name) for name in stage.inputs if not rd.stage_dir(name).is_dir()]
     if missing:
-        raise TrixmedError(rd / missing[0], f"missing; stage {stage.name} needs it (run the earlier stages or `trixmed run`)")
-    return hash_paths([rd / name for name in stage.inputs])
+        raise TrixmedError(missing[0], f"missing; stage {stage.name} needs it (run the earlier stages or `trixmed run`)")
+    return hash_paths([rd.stage_dir(name) for name in stage.inputs])
 
 
 # --------------------------------------------------------------------------------------------
 # Stage bodies
 
 
-def _prepare(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+def _prepare(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset
     from trixmed.data.prepare import prepare
 
@@ -78,12 +79,12 @@ def _prepare(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
     return {k: ds.card.get(k) for k in ("patients", "visits") if k in ds.card}
 
 
-def _train(phase: str) -> Callable[[Config, RunDir, Path, str], dict[str, Any]]:
-    def body(cfg: Config, rd: RunDir, out: Path, ihash: str) -> dict[str, Any]:
-        from trixmed.train.launch import fit
+def _train(phase: str) -> Callable[[Config, RunDir, Path, str, Console], dict[str, Any]]:
+    def body(cfg: Config, rd: RunDir, out: Path, ihash: str, console: Console) -> dict[str, Any]:
+        from trixmed.train.ray_fit import fit
 
-        name = f"{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].config_keys)])[:12]}"
-        history = fit(cfg, rd.root, phase, out, run_name=name)
+        name = f"{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].keys(cfg))])[:12]}"
+        history = fit(cfg, phase, out, run_name=name, console=console)
         epochs = history["epochs"]
         return {
             "best_val_jaccard": history["best_val_jaccard"],
@@ -97,15 +98,15 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str], dict[str, Any]]:
     return body
 
 
-def _extract(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+def _extract(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
     import pandas as pd
 
     from trixmed.data.dataset import Dataset
     from trixmed.models import load_model
     from trixmed.train.inference import collator_for, infer
 
-    ds = Dataset(rd / "dataset")
-    model = load_model(rd / "warmup" / "model", cfg, ds.vocab)
+    ds = Dataset(rd.dataset)
+    model = load_model(rd.model("warmup"), cfg, ds.vocab)
     samples = ds.samples()
     pooled = infer(model, collator_for(cfg, ds.vocab), samples, progress="extract")["pooled"].astype(np.float32)
     df = pd.DataFrame({
@@ -114,18 +115,18 @@ def _extract(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
         "split": [s.split for s in samples],
         "features": list(pooled),
     })
-    df.to_parquet(out / "features.parquet", index=False)
+    df.to_parquet(out / rd.features_file.name, index=False)
     return {"samples": len(df), "dim": int(pooled.shape[1])}
 
 
 def read_features(rd: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
     import pandas as pd
 
-    df = pd.read_parquet(rd / "features" / "features.parquet")
+    df = pd.read_parquet(rd.features_file)
     return df, np.stack(df["features"].to_numpy()).astype(np.float64)
 
 
-def _stratify(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+def _stratify(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
     import pandas as pd
 
     from trixmed.cluster import fit_clusters
@@ -138,20 +139,20 @@ def _stratify(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
     pd.DataFrame({
         "visit_key": df["visit_key"], "patient_id": df["patient_id"], "split": df["split"],
         "cluster": labels, "distance": dist,
-    }).to_parquet(out / "assignments.parquet", index=False)
+    }).to_parquet(out / rd.assignments.name, index=False)
     sizes = np.bincount(labels[train], minlength=transform.num_clusters)
-    write_json(out / "profile.json", {"train_cluster_sizes": sizes.tolist()})
+    write_json(out / rd.cluster_profile.name, {"train_cluster_sizes": sizes.tolist()})
     return {"num_clusters": transform.num_clusters, "train_cluster_sizes": sizes.tolist()}
 
 
-def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
+def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset
     from trixmed.eval.evaluate import evaluate_predictions, format_table
     from trixmed.eval.metrics import choose_threshold
-    from trixmed.eval.predictions import Predictions
-    from trixmed.pipeline.predictions import model_predictions, predictions_frame, write_predictions_jsonl
+    from trixmed.eval.predictions import Predictions, write_predictions
+    from trixmed.pipeline.predict import model_predictions
 
-    ds = Dataset(rd / "dataset")
+    ds = Dataset(rd.dataset)
     preds = {split: model_predictions(cfg, rd, ds, split) for split in ("val", "test")}
     # the decision threshold is chosen on validation only; test is scored once with it
     threshold = cfg.eval.threshold
@@ -159,26 +160,27 @@ def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str) -> dict[str, Any]:
         val = preds["val"]
         threshold = float(choose_threshold(ds.multi_hot([s.target for s in val.samples]), val.probs))
     for split, p in preds.items():
-        write_predictions_jsonl(predictions_frame(p, ds.vocab.med, threshold), out / f"predictions_{split}.jsonl")
+        write_predictions(out / rd.predictions(split).name, [s.visit_key for s in p.samples], p.probs, ds.vocab.med, threshold)
     test = preds["test"]
     scored = Predictions([s.visit_key for s in test.samples], test.probs >= threshold, test.probs.astype(np.float64))
     result = evaluate_predictions(ds, scored, "test", cfg.eval)
     result["threshold"] = threshold
     result["threshold_chosen_on"] = "val" if cfg.eval.threshold is None else "config"
-    write_json(out / "metrics.json", result)
-    (out / "metrics.md").write_text(format_table(result) + "\n", encoding="utf-8")
+    write_json(out / rd.metrics.name, result)
+    (out / rd.metrics_table.name).write_text(format_table(result) + "\n", encoding="utf-8")
     return {"threshold": threshold, **{k: v["mean"] for k, v in result["metrics"].items()}}
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("prepare", (), ("data", "text"), _prepare),
-        Stage("warmup", ("dataset",), ("seed", *_BACKBONE_KEYS, "warmup", *_DIST_KEYS), _train("warmup")),
-        Stage("extract", ("dataset", "warmup"), _BACKBONE_KEYS, _extract),
-        Stage("stratify", ("features",), ("seed", "stratify"), _stratify),
-        Stage("experts", ("dataset", "warmup", "clusters"), ("seed", "model", "experts", *_DIST_KEYS), _train("experts")),
-        Stage("evaluate", ("dataset", "experts", "clusters"), ("model", "eval"), _evaluate),
+        Stage("prepare", (), ("data",), _prepare),
+        Stage("warmup", ("prepare",), ("seed", *_BACKBONE_KEYS, "warmup", *_DIST_KEYS), _train("warmup"), reads_text=True),
+        Stage("extract", ("prepare", "warmup"), _BACKBONE_KEYS, _extract, reads_text=True),
+        Stage("stratify", ("extract",), ("seed", "stratify"), _stratify),
+        Stage("experts", ("prepare", "warmup", "stratify"), ("seed", "model", "experts", *_DIST_KEYS), _train("experts"),
+              reads_text=True),
+        Stage("evaluate", ("prepare", "experts", "stratify"), ("model", "eval"), _evaluate, reads_text=True),
     )
 }
 
@@ -191,29 +193,32 @@ class StageResult:
     summary: dict[str, Any]
 
 
-def run_stage(cfg: Config, name: str, *, force: bool = False, log: Callable[[str], None] = print) -> StageResult:
+def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console | None = None) -> StageResult:
     """Run one stage over `cfg.run_dir` unless it is already complete for these inputs and config."""
+    console = console or Console()
     stage = STAGES[name]
     rd = RunDir(cfg.run_dir)
+    output = rd.stage_dir(name)
     ihash = input_hash(cfg, rd, stage)
-    chash = config_hash(cfg, stage.config_keys)
-    if not force and rd.is_complete(name, stage.output, ihash, chash):
+    chash = config_hash(cfg, stage.keys(cfg))
+    if not force and rd.is_complete(name, ihash, chash):
         entry = rd.state()["stages"][name]
-        log(f"[{name}] up to date, skipped ({rd / stage.output})")
+        console.line(f"[{name}] up to date, skipped ({output})")
         return StageResult(name, "skipped", 0.0, entry.get("summary", {}))
-    log(f"[{name}] running → {rd / stage.output}")
+    console.line(f"[{name}] running → {output}")
     t0 = time.perf_counter()
     if name == "prepare":
-        summary = stage.run(cfg, rd, rd / stage.output, ihash)
+        summary = stage.run(cfg, rd, output, ihash, console)
     else:
-        with atomic_dir(rd / stage.output) as tmp:
-            summary = stage.run(cfg, rd, tmp, ihash)
+        with atomic_dir(output) as tmp:
+            summary = stage.run(cfg, rd, tmp, ihash, console)
     wall = time.perf_counter() - t0
     rd.mark_complete(name, ihash, chash, wall, summary=summary)
-    log(f"[{name}] done in {wall:.1f} s")
+    console.line(f"[{name}] done in {wall:.1f} s")
     return StageResult(name, "ran", wall, summary)
 
 
 def run_pipeline(cfg: Config, *, stages: list[str] | None = None, force: bool = False,
-                 log: Callable[[str], None] = print) -> list[StageResult]:
-    return [run_stage(cfg, name, force=force, log=log) for name in (stages or list(STAGES))]
+                 console: Console | None = None) -> list[StageResult]:
+    console = console or Console()
+    return [run_stage(cfg, name, force=force, console=console) for name in (stages or list(STAGES))]

@@ -28,15 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from trixmed.data.dataset import Sample, Visit
 from trixmed.text.titles import CodeTitles
-
-if TYPE_CHECKING:
-    from trixmed.config import TextConfig
-    from trixmed.data.dataset import Dataset
 
 OUTPUT_CUE = "Output:\nRecommended medications:\n"
 NONE = "none"
@@ -112,44 +106,6 @@ def render(
 def medications(codes: Sequence[str], titles: CodeTitles) -> str:
     """`ATC (name)` for each code, sorted by code, comma-separated; "none" for an empty set."""
     return ", ".join(f"{c} ({titles.med(c)})" for c in sorted(set(codes))) or NONE
-
-
-def write_narratives(
-    dataset: Dataset,
-    out_path: str | Path,
-    titles: CodeTitles,
-    cfg: TextConfig,
-    *,
-    split: str | None = None,
-    count_tokens: Callable[[str], int] | None = None,
-) -> int:
-    """Render every sample (of `split`, or all) to Parquet atomically; returns the row count.
-
-    Columns: visit_key, split, prompt, output, n_tokens, n_history_dropped, truncated.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from trixmed.io import atomic_file
-
-    cols: dict[str, list] = {k: [] for k in ("visit_key", "split", "prompt", "output", "n_tokens", "n_history_dropped", "truncated")}
-    for s in dataset.samples(split):
-        nar = render(s, titles, token_budget=cfg.token_budget, instruction=cfg.instruction, count_tokens=count_tokens)
-        cols["visit_key"].append(s.visit_key)
-        cols["split"].append(s.split)
-        cols["prompt"].append(nar.prompt)
-        cols["output"].append(nar.output)
-        cols["n_tokens"].append(nar.n_tokens)
-        cols["n_history_dropped"].append(nar.n_history_dropped)
-        cols["truncated"].append(nar.truncated)
-    schema = pa.schema([
-        ("visit_key", pa.string()), ("split", pa.string()), ("prompt", pa.string()), ("output", pa.string()),
-        ("n_tokens", pa.int32()), ("n_history_dropped", pa.int32()), ("truncated", pa.bool_()),
-    ])
-    table = pa.table(cols, schema=schema)
-    with atomic_file(out_path, "wb") as fh:
-        pq.write_table(table, fh)
-    return table.num_rows
 
 
 # --------------------------------------------------------------------------------------------

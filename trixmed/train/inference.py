@@ -27,7 +27,8 @@ def infer(
     model.eval()
     probs, pooled, gates = [], [], []
     starts = range(0, len(samples), batch_size)
-    for start in tqdm(starts, desc=progress, disable=progress is None, mininterval=5):
+    # disable=None: a bar only on a terminal, never in log files
+    for start in tqdm(starts, desc=progress, disable=True if progress is None else None, mininterval=5):
         chunk = samples[start:start + batch_size]
         cl = clusters[start:start + batch_size] if clusters is not None else None
         out = model(collate(chunk, cl))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from trixmed.commands.common import add_run_dir, load_run_config
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", help="a trained run directory (default: the config's run_dir)")
+    add_run_dir(parser, "a trained run directory (default: the config's run_dir)")
     parser.add_argument("--input", required=True, help="patient JSON file")
     parser.add_argument("--output", help="write the JSON result here (default: stdout)")
     parser.add_argument("--top", type=int, default=10, help="medications listed (default 10; 0 = all)")
@@ -19,20 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
-    from trixmed.config import load_config
     from trixmed.data.dataset import Dataset
     from trixmed.errors import TrixmedError
     from trixmed.io import atomic_file, read_json
-    from trixmed.pipeline.predictions import predict_patient, read_patient
-    from trixmed.pipeline.run_dir import RunDir
+    from trixmed.pipeline.predict import predict_patient, read_patient
+    from trixmed.run_dir import RunDir
 
-    overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_run_config(args)
     rd = RunDir(cfg.run_dir)
-    metrics = rd / "eval" / "metrics.json"
+    metrics = rd.metrics
     if not metrics.is_file():
         raise TrixmedError(metrics, "missing; predict needs a trained and evaluated run (`trixmed run`)")
-    ds = Dataset(rd / "dataset")
+    ds = Dataset(rd.dataset)
     sample = read_patient(args.input, ds.vocab)
     result = predict_patient(cfg, rd, sample, ds, float(read_json(metrics)["threshold"]))
     if args.top > 0:

@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from trixmed.config import Config
 from trixmed.data.dataset import Dataset, Sample, Visit, Vocab
 from trixmed.errors import TrixmedError
-from trixmed.io import atomic_file
-from trixmed.pipeline.run_dir import RunDir
-
-if TYPE_CHECKING:
-    import pandas as pd
+from trixmed.run_dir import RunDir
 
 
 @dataclass
@@ -40,31 +36,11 @@ def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> Model
     from trixmed.train.inference import collator_for, infer
 
     samples = ds.samples(split)
-    lookup = load_assignments(rd / "clusters")
+    lookup = load_assignments(rd.assignments)
     clusters = [lookup[s.visit_key] for s in samples]
-    model = load_model(rd / "experts" / "model", cfg, ds.vocab)
+    model = load_model(rd.model("experts"), cfg, ds.vocab)
     out = infer(model, collator_for(cfg, ds.vocab), samples, clusters, progress=f"predict {split}")
     return ModelPredictions(samples, out["probs"], np.asarray(clusters), out.get("gates"))
-
-
-def predictions_frame(preds: ModelPredictions, med_vocab: list[str], threshold: float) -> pd.DataFrame:
-    """The predictions-file format `trixmed evaluate --predictions` reads (docs/metrics.md)."""
-    import pandas as pd
-
-    rows = []
-    for s, p in zip(preds.samples, preds.probs):
-        rows.append({
-            "visit_key": s.visit_key,
-            "predicted": [med_vocab[j] for j in np.flatnonzero(p >= threshold)],
-            "probabilities": {med_vocab[j]: float(p[j]) for j in range(len(med_vocab))},
-        })
-    return pd.DataFrame(rows)
-
-
-def write_predictions_jsonl(frame: pd.DataFrame, path: str | Path) -> None:
-    with atomic_file(path) as fh:
-        for row in frame.to_dict("records"):
-            fh.write(json.dumps(row) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,10 +91,10 @@ def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, thresh
     from trixmed.train.inference import collator_for, infer
 
     collate = collator_for(cfg, ds.vocab)
-    warm = load_model(rd / "warmup" / "model", cfg, ds.vocab)
+    warm = load_model(rd.model("warmup"), cfg, ds.vocab)
     features = infer(warm, collate, [sample])["pooled"]
-    cluster, distance = ClusterTransform.load(rd / "clusters").assign(features)
-    experts = load_model(rd / "experts" / "model", cfg, ds.vocab)
+    cluster, distance = ClusterTransform.load(rd.clusters).assign(features)
+    experts = load_model(rd.model("experts"), cfg, ds.vocab)
     out = infer(experts, collate, [sample], [int(cluster[0])])
     probs = out["probs"][0]
     order = np.argsort(-probs, kind="stable")

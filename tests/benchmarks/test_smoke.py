@@ -1,0 +1,71 @@
+"""Every benchmark script runs end to end with `--smoke` (tiny inputs, same measurement code),
+so a change to the package that breaks a benchmark fails here instead of at the next full run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_smoke(script: str, out: Path, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} --smoke exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert f"wrote {out}" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["smoke"] is True
+    return report
+
+
+@pytest.mark.timeout(300)
+def test_prepare_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "prepare.json"
+    report = run_smoke("prepare.py", out, timeout=240)
+    assert set(report["results"]) == {"mimic3_demo (raw CSVs, bundled)"}   # no shared data in smoke mode
+    case = report["results"]["mimic3_demo (raw CSVs, bundled)"]
+    assert len(case["runs"]) == 1
+    assert case["wall_s_median"] > 0 and case["peak_rss_mib_max"] > 0
+    assert all(r["wall_s"] > 0 and r["peak_rss_mib"] > 0 for r in case["runs"])
+    assert report["target"]["case"] == "mimic3_safedrug131 (benchmark)"
+    table = out.with_suffix(".md").read_text()
+    assert "| mimic3_demo (raw CSVs, bundled) |" in table
+
+
+@pytest.mark.timeout(300)
+def test_model_smoke(tmp_path: Path) -> None:
+    report = run_smoke("model.py", tmp_path / "model.json", timeout=240)
+    summary = report["summary"]
+    assert set(summary) == {"codes", "hf"}
+    for backbone, s in summary.items():
+        for key in ("plain_samples_per_s", "moe_samples_per_s", "moe_time_ratio",
+                    "plain_step_memory_mb", "moe_step_memory_mb", "moe_step_memory_ratio"):
+            assert s[key] > 0, (backbone, key, s[key])
+        # the MoE adds experts: more trainable parameters and more step memory than one LoRA
+        runs = report["runs"][backbone]
+        assert runs["moe"]["trainable_params"] > runs["plain"]["trainable_params"]
+        assert s["moe_step_memory_ratio"] > 1
+    assert summary["codes"]["target_time_ratio"] == 1.3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_pipeline_smoke(tmp_path: Path) -> None:
+    report = run_smoke("pipeline.py", tmp_path / "pipeline.json", timeout=540)
+    assert report["config"] == "configs/demo_cpu.yaml"
+    assert report["data"] == "bundled MIMIC-III demo"
+    assert list(report["stages"]) == ["prepare", "warmup", "extract", "stratify", "experts", "evaluate"]
+    assert all(s["status"] == "ran" for s in report["stages"].values())
+    assert report["train_samples_per_s"]["warmup"] > 0 and report["train_samples_per_s"]["experts"] > 0
+    assert report["plain_pytorch_samples_per_s"] > 0
+    assert report["distributed_overhead_ratio"] > 0
+    assert report["distributed_overhead_ratio"] == pytest.approx(
+        report["train_samples_per_s"]["experts"] / report["plain_pytorch_samples_per_s"], rel=0.01)
+    assert report["peak_rss_gib"] > 0
+    assert 0 <= report["test_metrics"]["jaccard"]["mean"] <= 1
+    assert [e["epoch"] for e in report["histories"]["experts"]] == [1]

@@ -1,0 +1,171 @@
+"""The run directory: its layout, defined once, and `run.json` (which stages are complete).
+
+    <run_dir>/
+        dataset/        prepare: visits.parquet, vocab.json, ddi.npz, card     (stage outputs are
+        warmup/         phase 1: model/ (safetensors), history.json              written atomically)
+        features/       extract: features.parquet (pooled warm-up states)
+        clusters/       stratify: transform (safetensors + JSON), assignments.parquet, profile.json
+        experts/        phase 3: model/, history.json
+        eval/           evaluate: metrics.json, metrics.md, predictions_{val,test}.jsonl
+        run.json        per stage: input hash, config hash, wall time, finish time, summary
+        logs/           Ray's, DeepSpeed's and the workers' own output (the console stays quiet)
+        tensorboard/    event files of the training phases
+        .ray/           Ray Train storage: per-phase checkpoints used to resume
+
+Every path into a run directory comes from `RunDir`; no other module spells these names.
+A stage is skipped when its output directory exists and run.json records the same input and
+config hashes; anything else re-runs it. Hashes are of content (file bytes), so touching a file
+changes nothing and editing one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from trixmed.io import read_json, write_json
+
+RUN_FILE = "run.json"
+MODEL_DIR = "model"          # inside a training phase's output
+HISTORY_FILE = "history.json"
+
+
+def hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def hash_paths(paths: list[Path]) -> str:
+    """Content hash of files and directory trees (hidden entries, e.g. temp dirs, are skipped)."""
+    h = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        h.update(f"<{root.name}>".encode())
+        for f in files:
+            h.update(str(f.relative_to(root) if f != root else f.name).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint_paths(paths: list[Path]) -> str:
+    """Cheap fingerprint (name, size, mtime) for large external inputs such as raw MIMIC CSVs."""
+    items = []
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        items += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hash_json(items)
+
+
+class RunDir:
+    """Paths into one run directory. Stage outputs are named by `STAGE_DIRS`."""
+
+    # stage name → its output directory
+    STAGE_DIRS = {"prepare": "dataset", "warmup": "warmup", "extract": "features", "stratify": "clusters",
+                  "experts": "experts", "evaluate": "eval"}
+    PHASES = ("warmup", "experts")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / self.STAGE_DIRS[stage]
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def features_file(self) -> Path:
+        return self.features / "features.parquet"
+
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters"
+
+    @property
+    def assignments(self) -> Path:
+        """visit_key → cluster of every visit, as the stratify stage assigned them."""
+        return self.clusters / "assignments.parquet"
+
+    @property
+    def cluster_profile(self) -> Path:
+        return self.clusters / "profile.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def metrics(self) -> Path:
+        return self.eval / "metrics.json"
+
+    @property
+    def metrics_table(self) -> Path:
+        return self.eval / "metrics.md"
+
+    def predictions(self, split: str) -> Path:
+        return self.eval / f"predictions_{split}.jsonl"
+
+    def phase(self, phase: str) -> Path:
+        """Output of a training phase ("warmup" | "experts")."""
+        if phase not in self.PHASES:
+            raise ValueError(f"not a training phase: {phase!r}")
+        return self.root / phase
+
+    def model(self, phase: str) -> Path:
+        """The saved model of a training phase (inside a stage output, or a staging directory)."""
+        return self.phase(phase) / MODEL_DIR
+
+    def history(self, phase: str) -> Path:
+        return self.phase(phase) / HISTORY_FILE
+
+    def tensorboard(self, phase: str) -> Path:
+        return self.root / "tensorboard" / phase
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / ".ray"
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / RUN_FILE
+
+    def state(self) -> dict[str, Any]:
+        path = self.run_file
+        return read_json(path) if path.is_file() else {"stages": {}}
+
+    def is_complete(self, stage: str, input_hash: str, config_hash: str) -> bool:
+        entry = self.state()["stages"].get(stage)
+        return (
+            entry is not None
+            and self.stage_dir(stage).is_dir()
+            and entry.get("input_hash") == input_hash
+            and entry.get("config_hash") == config_hash
+        )
+
+    def mark_complete(self, stage: str, input_hash: str, config_hash: str, wall_s: float, **extra: Any) -> None:
+        state = self.state()
+        state["stages"][stage] = {
+            "input_hash": input_hash,
+            "config_hash": config_hash,
+            "wall_s": round(wall_s, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        }
+        write_json(self.run_file, state)

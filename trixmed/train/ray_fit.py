@@ -1,0 +1,65 @@
+"""One training phase on Ray: a `TorchTrainer` whose workers each run a `Trainer`.
+
+Checkpoints live under `<run_dir>/.ray/<phase>-<hash>`: the name carries the content hash of the
+stage's inputs and config, so running the stage again after an interruption resumes from its
+latest checkpoint, while a changed config starts fresh instead of resuming stale weights.
+Rank 0's progress reaches the console through a `ProgressRelay` actor (see progress.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trixmed.config import Config, to_dict
+from trixmed.console import Console
+from trixmed.run_dir import HISTORY_FILE, RunDir
+from trixmed.train.ray_session import ensure_ray, workers_log_dir
+
+
+def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None) -> dict[str, Any]:
+    """Train `phase` ("warmup" | "experts") on Ray workers; rank 0 writes `out_dir/model` and
+    `out_dir/history.json`. Returns the history."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trixmed.train.progress import ProgressFollower, ProgressRelay
+    from trixmed.train.trainer import train_worker
+
+    ensure_ray(cfg)
+    rd = RunDir(Path(cfg.run_dir).resolve())
+    d = cfg.distributed
+    relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
+    log_dir = workers_log_dir(cfg)
+    spec = {
+        "config": to_dict(cfg),
+        "phase": phase,
+        "run_dir": str(rd.root),
+        "out_dir": str(Path(out_dir).resolve()),
+        "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
+        "progress": relay,
+        "fail_marker": str(rd.ray_storage / "fail_hook_fired"),
+    }
+    resources = {"GPU": 1, "CPU": d.cpus_per_worker} if d.use_gpu else {"CPU": d.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=spec,
+        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(rd.ray_storage),
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    try:
+        with ProgressFollower(relay, console or Console()):
+            trainer.fit()
+    finally:
+        ray.kill(relay)
+    history_path = Path(out_dir) / HISTORY_FILE
+    if not history_path.is_file():
+        raise RuntimeError(f"{history_path}: {phase} training finished without writing its history")
+    return json.loads(history_path.read_text())

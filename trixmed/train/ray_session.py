@@ -1,0 +1,116 @@
+"""Connecting to Ray, with its logs in the run directory rather than on the console.
+
+`ensure_ray` joins `distributed.ray_address` / $RAY_ADDRESS, or starts a local Ray on this
+machine's cores. Unless `verbose`, Ray's driver-side logging goes to `<run_dir>/logs/ray.log`,
+workers' output is not forwarded to the driver (trainers write it to `<run_dir>/logs/` themselves),
+and `<run_dir>/logs/ray-session` points at Ray's own session logs. Train state tracking is on,
+so the dashboard's Train view lists the runs and their metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from trixmed.config import Config
+from trixmed.run_dir import RunDir
+
+# read by Ray Train's controller: without it the dashboard's train API has no runs to show
+_TRAIN_STATE = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+RAY_LOG = "ray.log"
+
+
+@dataclass
+class _Session:
+    started_here: bool = False
+    verbose: bool = False
+    dashboard_url: str | None = None
+
+
+_session = _Session()
+
+
+@contextlib.contextmanager
+def ray_session(cfg: Config, *, verbose: bool = False, dashboard: bool = False) -> Iterator[None]:
+    """Ray for one command: connected now when the dashboard is wanted (so its URL can be shown),
+    otherwise by the first stage that needs it; stopped at the end when it was started here."""
+    _session.verbose = verbose
+    try:
+        if dashboard:
+            ensure_ray(cfg, dashboard=True)
+        yield
+    finally:
+        release_ray()
+
+
+def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
+    """Connect to Ray unless already connected (`release_ray` stops only a local one we started)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    verbose = _session.verbose
+    logs = RunDir(cfg.run_dir).logs
+    logs.mkdir(parents=True, exist_ok=True)
+    os.environ.update(_TRAIN_STATE)   # a local Ray's processes inherit it
+    address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
+    common = dict(log_to_driver=verbose, configure_logging=verbose, runtime_env={"env_vars": dict(_TRAIN_STATE)})
+    # Without configure_logging, ray.init empties the "ray" logger, and what it logs while starting
+    # (the token-auth notice) falls through to Python's last-resort handler on sys.stderr: catch it
+    # there for the log file, then give the "ray" logger that file for good.
+    with open(logs / RAY_LOG, "a", encoding="utf-8") as log, \
+            contextlib.nullcontext() if verbose else contextlib.redirect_stderr(log):
+        if address:
+            context = ray.init(address=address, **common)
+        else:
+            context = ray.init(num_cpus=os.cpu_count(), include_dashboard=dashboard, **common)
+    if not verbose:
+        _log_to_file(logs / RAY_LOG)
+    if not address:
+        _session.started_here = True
+    _session.dashboard_url = context.dashboard_url or None
+    session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    link = logs / "ray-session"
+    if not link.exists() and session_logs.is_dir():
+        link.symlink_to(session_logs, target_is_directory=True)
+
+
+def dashboard_url() -> str | None:
+    """`http://host:port` of the Ray dashboard, when the connected Ray serves one."""
+    url = _session.dashboard_url
+    return url if url is None or url.startswith("http") else f"http://{url}"
+
+
+def workers_log_dir(cfg: Config) -> Path | None:
+    """Where training workers send their output; None when it should reach the console (`--verbose`)."""
+    return None if _session.verbose else RunDir(cfg.run_dir).logs
+
+
+def release_ray() -> None:
+    if _session.started_here:
+        import ray
+
+        ray.shutdown()
+    _session.started_here = False
+    _session.verbose = False
+    _session.dashboard_url = None
+    for handler in list(_RAY_LOGGER.handlers):
+        if getattr(handler, "_trixmed", False):
+            _RAY_LOGGER.removeHandler(handler)
+            handler.close()
+
+
+_RAY_LOGGER = logging.getLogger("ray")
+
+
+def _log_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._trixmed = True   # ours to remove in release_ray
+    _RAY_LOGGER.handlers = [handler]
+    _RAY_LOGGER.propagate = False
+    _RAY_LOGGER.setLevel(logging.INFO)

@@ -1,0 +1,300 @@
+"""One training phase on one Ray Train worker, in named steps:
+
+    trainer = Trainer(spec)
+    trainer.setup()                 # process group, data, model, DeepSpeed engine, resume
+    for epoch in trainer.epochs():
+        losses = trainer.train_epoch(epoch)
+        val = trainer.validate()
+        trainer.save_checkpoint(...)   # report metrics + checkpoint to Ray Train
+    trainer.export()                # best weights + history.json into the stage's staging directory
+
+`Trainer.fit` runs that loop; Tune trials and the GPU path reuse the same steps. DeepSpeed and
+expert parallelism are the strategy's business (`deepspeed_strategy.py`), the model knows
+nothing of them. `spec` is plain data built by `ray_fit.fit`: config (dict), phase, run_dir,
+out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (a
+`ProgressRelay` actor or None), fail_marker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trixmed.config import Config, PhaseConfig, from_dict
+from trixmed.data.dataset import Dataset, Sample
+from trixmed.run_dir import HISTORY_FILE, MODEL_DIR, RunDir
+from trixmed.train.deepspeed_config import grad_accumulation_steps
+from trixmed.train.deepspeed_strategy import DeepSpeedStrategy
+from trixmed.train.inference import collator_for
+from trixmed.train.progress import ProgressReporter
+from trixmed.train.sampling import epoch_micro_batches, patient_fraction, shard_for_eval
+
+STATE_FILE = "trainer_state.json"
+BEST_DIR = "best_model"
+
+
+def phase_samples(cfg: Config, ds: Dataset, phase: str) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) samples of a phase: warm-up trains on a seeded share of the train patients."""
+    train, val = ds.samples("train"), ds.samples("val")
+    if phase == "warmup":
+        train = patient_fraction(train, cfg.warmup.fraction, cfg.seed)
+    return train, val
+
+
+def phase_config(cfg: Config, phase: str) -> PhaseConfig:
+    return cfg.warmup if phase == "warmup" else cfg.experts
+
+
+def build_phase_model(cfg: Config, ds: Dataset, phase: str, rd: RunDir) -> torch.nn.Module:
+    """The model a phase trains; the experts start from the saved warm-up model."""
+    from trixmed.cluster import ClusterTransform
+    from trixmed.models import build_model, load_model
+
+    if phase == "warmup":
+        return build_model(cfg, ds.vocab, phase="warmup")
+    k = ClusterTransform.load(rd.clusters).num_clusters
+    model = build_model(cfg, ds.vocab, phase="experts", num_clusters=k)
+    warm = load_model(rd.model("warmup"), cfg, ds.vocab)
+    model.init_experts_from_warmup(warm.state_dict())
+    return model
+
+
+def train_worker(spec: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry point."""
+    Trainer(spec).fit()
+
+
+class Trainer:
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.cfg: Config = from_dict(Config, spec["config"], "<trainer>", "")
+        self.phase: str = spec["phase"]
+        self.pcfg = phase_config(self.cfg, self.phase)
+        self.rd = RunDir(spec["run_dir"])
+        self.strategy = DeepSpeedStrategy(self.cfg.distributed, self.cfg.model.moe)
+        self.scratch = Path(tempfile.mkdtemp(prefix="trixmed-best-"))
+        self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_jaccard": -1.0, "best_epoch": -1,
+                                      "bad_epochs": 0, "stopped": False, "history": []}
+
+    # ---------------------------------------------------------------------------------------
+    # setup
+
+    def setup(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        if self.spec.get("log_dir"):
+            _redirect_output(Path(self.spec["log_dir"]) / f"{self.phase}-rank{self.rank}.log")
+        self.strategy.setup_distributed(self.rank, self.world, ctx.get_local_rank())
+        self.progress = ProgressReporter(self.spec.get("progress") if self.rank == 0 else None)
+
+        torch.manual_seed(self.cfg.seed)   # identical initial weights on every rank
+        self.ds = Dataset(self.rd.dataset)
+        self.train_samples, self.val_samples = phase_samples(self.cfg, self.ds, self.phase)
+        from trixmed.cluster import load_assignments
+
+        self.clusters = load_assignments(self.rd.assignments) if self.phase == "experts" else None
+        self.collate = collator_for(self.cfg, self.ds.vocab, self.phase)
+        self.accum = grad_accumulation_steps(self.pcfg, self.world, self.phase)
+        self.engine = self.strategy.prepare(build_phase_model(self.cfg, self.ds, self.phase, self.rd), self.pcfg, self.phase)
+        self.steps_per_epoch = len(self._micro_batches(0))
+        self._resume()
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.rd.tensorboard(self.phase)))
+        self.progress.event("phase", phase=self.phase, total_steps=self.steps_per_epoch * self.pcfg.epochs,
+                            position=self.state["global_step"])
+
+    def _resume(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as d:
+            self.strategy.load_checkpoint(self.engine, d)
+            self.state = json.loads((Path(d) / STATE_FILE).read_text())
+            if self.rank == 0 and (Path(d) / BEST_DIR).is_dir():
+                shutil.copytree(Path(d) / BEST_DIR, self.scratch / BEST_DIR)
+        self.progress.event("message", text=f"[{self.phase}] resumed from its checkpoint after epoch "
+                                            f"{self.state['epoch']} (step {self.state['global_step']})")
+
+    # ---------------------------------------------------------------------------------------
+    # the loop
+
+    def fit(self) -> None:
+        self.setup()
+        for epoch in self.epochs():
+            step_losses, train_s = self.train_epoch(epoch)
+            val_jaccard = self.validate()
+            record = self.end_epoch(epoch, step_losses, train_s, val_jaccard)
+            self.save_checkpoint(record)
+            if self.state["stopped"]:
+                self.progress.event("message", text=f"[{self.phase}] early stop: no validation gain for "
+                                                    f"{self.state['bad_epochs']} epochs")
+                break
+        self.export()
+
+    def epochs(self) -> range:
+        return range(self.state["epoch"], 0 if self.state["stopped"] else self.pcfg.epochs)
+
+    def _micro_batches(self, epoch: int) -> list[list[np.ndarray]]:
+        return epoch_micro_batches(len(self.train_samples), epoch=epoch, seed=self.cfg.seed,
+                                   micro=self.pcfg.micro_batch_size, world=self.world, accum=self.accum, rank=self.rank)
+
+    def _collate(self, samples: list[Sample], idx: np.ndarray) -> dict[str, Any]:
+        chosen = [samples[i] for i in idx]
+        cl = [self.clusters[s.visit_key] for s in chosen] if self.clusters is not None else None
+        return self.strategy.to_device(self.collate(chosen, cl))
+
+    def train_epoch(self, epoch: int) -> tuple[list[float], float]:
+        """One epoch of optimizer steps; returns each step's global-batch loss and the seconds spent."""
+        # reseed per epoch so dropout replays identically after a restore from this epoch's start
+        torch.manual_seed(self.cfg.seed + 1000 * epoch + self.rank)
+        engine = self.engine
+        engine.train()
+        t0 = time.perf_counter()
+        local_losses: list[float] = []
+        for micro_batches in self._micro_batches(epoch):
+            self._maybe_fail()
+            loss_sum = 0.0
+            for idx in micro_batches:
+                batch = self._collate(self.train_samples, idx)
+                out = engine(batch)
+                loss, _ = engine.module.loss(batch, out, self.pcfg)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += float(loss.detach())
+            local_losses.append(loss_sum / self.accum)
+            self.state["global_step"] += 1
+            self.progress.step(self.state["global_step"], epoch=epoch + 1, loss=f"{local_losses[-1]:.4f}")
+        # one collective per epoch, not per step: a step's loss = mean over every micro-batch of
+        # every rank = the loss of the global batch
+        step_losses = [v / self.world for v in self.strategy.all_reduce_sum(local_losses)]
+        return step_losses, time.perf_counter() - t0
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean validation Jaccard at `val_threshold`, scored on all ranks' shards gathered."""
+        from trixmed.eval.metrics import multilabel_metrics
+
+        val = self.val_samples
+        if not val:
+            return float("nan")
+        self.engine.eval()
+        idx = shard_for_eval(len(val), self.rank, self.world)
+        probs = []
+        for start in range(0, len(idx), self.pcfg.micro_batch_size):
+            out = self.engine(self._collate(val, idx[start:start + self.pcfg.micro_batch_size]))
+            probs.append(torch.sigmoid(out.logits.float()).cpu())
+        full = self.strategy.gather_rows(torch.cat(probs))[: len(val)].numpy()
+        y_true = self.ds.multi_hot([s.target for s in val])
+        y_pred = (full >= self.pcfg.val_threshold).astype(np.float32)
+        self.engine.train()
+        return float(np.mean(multilabel_metrics(y_true, y_pred, None, self.ds.ddi)["jaccard"]))
+
+    def end_epoch(self, epoch: int, step_losses: list[float], train_s: float, val_jaccard: float) -> dict[str, Any]:
+        """Book-keeping after an epoch: best weights, early stopping, TensorBoard, the console line."""
+        state, phase = self.state, self.phase
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(step_losses)),
+            "step_losses": step_losses,
+            "val_jaccard": val_jaccard,
+            "lr": float(self.engine.get_lr()[0]),
+            "samples_per_s": len(step_losses) * self.pcfg.effective_batch_size / train_s,
+            "train_s": train_s,
+        }
+        # without validation visits the last epoch is kept and early stopping is off
+        improved = not self.val_samples or val_jaccard > state["best_jaccard"]
+        if improved:
+            state.update(best_jaccard=val_jaccard if self.val_samples else state["best_jaccard"],
+                         best_epoch=epoch + 1, bad_epochs=0)
+            self.strategy.export(self.engine, self.scratch / BEST_DIR)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append(record)
+        state["stopped"] = 0 < self.pcfg.early_stopping_patience <= state["bad_epochs"]
+        if self.writer is not None:
+            first = state["global_step"] - len(step_losses)
+            for i, value in enumerate(step_losses):
+                self.writer.add_scalar(f"{phase}/train_loss", value, first + i + 1)
+            self.writer.add_scalar(f"{phase}/lr", record["lr"], state["global_step"])
+            self.writer.add_scalar(f"{phase}/val_jaccard", val_jaccard, epoch + 1)
+            self.writer.add_scalar(f"{phase}/samples_per_s", record["samples_per_s"], epoch + 1)
+            self.writer.flush()
+        self.progress.event("epoch", position=state["global_step"],
+                            text=f"[{phase}] epoch {epoch + 1}/{self.pcfg.epochs}: loss {record['train_loss']:.4f}  "
+                                 f"val jaccard {val_jaccard:.4f}  {record['samples_per_s']:.1f} samples/s"
+                                 + ("  (best)" if improved else ""))
+        return record
+
+    def save_checkpoint(self, record: dict[str, Any]) -> None:
+        """Report the epoch's metrics to Ray Train with a checkpoint: DeepSpeed state of every rank,
+        the trainer state and the best weights so far."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="trixmed-ckpt-") as tmp:
+            self.strategy.save_checkpoint(self.engine, tmp)
+            if self.rank == 0:
+                (Path(tmp) / STATE_FILE).write_text(json.dumps(self.state))
+                if (self.scratch / BEST_DIR).is_dir():
+                    shutil.copytree(self.scratch / BEST_DIR, Path(tmp) / BEST_DIR)
+            metrics = {k: v for k, v in record.items() if k != "step_losses" and not (isinstance(v, float) and math.isnan(v))}
+            metrics["best_val_jaccard"] = self.state["best_jaccard"]
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    def export(self) -> None:
+        """Rank 0 writes the best weights and history.json into the stage's staging directory."""
+        if self.rank == 0:
+            out = Path(self.spec["out_dir"])
+            shutil.copytree(self.scratch / BEST_DIR, out / MODEL_DIR, dirs_exist_ok=True)
+            (out / HISTORY_FILE).write_text(json.dumps({
+                "phase": self.phase, "world_size": self.world, "zero_stage": self.cfg.distributed.zero_stage,
+                "grad_accumulation": self.accum, "train_samples": len(self.train_samples),
+                "val_samples": len(self.val_samples), "best_epoch": self.state["best_epoch"],
+                "best_val_jaccard": self.state["best_jaccard"], "epochs": self.state["history"],
+            }, indent=2))
+            self.writer.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.strategy.barrier()
+
+    def _maybe_fail(self) -> None:
+        """Test hook `test_hooks.fail_at_step`: the last rank dies once, as a lost worker would."""
+        step = self.state["global_step"]
+        if self.cfg.test_hooks.fail_at_step != step or self.rank != self.world - 1:
+            return
+        marker = Path(self.spec["fail_marker"])
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"rank {self.rank} exited at step {step}\n")
+        print(f"[test hook] rank {self.rank} exits at step {step} (test_hooks.fail_at_step)", flush=True)
+        os._exit(1)
+
+
+def _redirect_output(path: Path) -> None:
+    """Send this worker process's stdout and stderr (Python's and C++'s: DeepSpeed, gloo, torch
+    warnings) to `path`; the console shows what rank 0 reports through the progress relay."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
