@@ -17,9 +17,12 @@ ALLOWED = {
     "data": {"errors", "paths", "io", "config", "run_dir", "data"},
     "text": {"errors", "paths", "io", "config", "data", "text"},
     "models": {"errors", "paths", "io", "config", "data", "text", "models"},
-    "cluster": {"errors", "io", "config", "cluster"},
+    "cluster": {"errors", "io", "config", "data", "text", "cluster"},
     "eval": {"errors", "io", "config", "data", "eval"},
     "parallel": {"errors", "models", "parallel"},
+    # explanations and reports read a trained run through the pipeline; never the command line
+    "report": {"errors", "paths", "io", "console", "config", "run_dir", "data", "text", "models", "cluster", "eval",
+               "parallel", "train", "pipeline", "report"},
 }
 
 

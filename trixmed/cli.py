@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "experts": ("trixmed.commands.stage", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
     "evaluate": ("trixmed.commands.evaluate", "score a trained run (threshold on val, bootstrap on test) or any predictions file → table + JSON"),
     "predict": ("trixmed.commands.predict", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
-    "explain": (None, "a patient → cluster, experts, similar training patients, cluster profile"),
-    "report": (None, "a run or a Tune experiment → HTML/Markdown report"),
+    "explain": ("trixmed.commands.explain", "a patient → cluster, experts, similar training patients, cluster profile"),
+    "report": ("trixmed.commands.report", "a run or a Tune experiment → HTML/Markdown report"),
     "tune": (None, "Ray Tune sweep over tune_spaces/*.yaml"),
     "run": ("trixmed.commands.run", "chain every stage over a run directory (skips stages already complete)"),
 }

@@ -259,6 +259,27 @@ class DistributedConfig:
 
 
 @dataclass
+class ExtractConfig:
+    """Feature extraction on Ray Data: an actor pool holding the frozen warm-up model. None of these
+    change the features (the output is identical for any actor count), so none is hashed."""
+
+    actors: int = 2                 # actor pool size
+    cpus_per_actor: float = 0.5     # fractional on small machines: the driver needs a share too
+    gpus_per_actor: float = 0.0     # > 0 on a GPU cluster: the model runs on the actor's GPU
+    batch_size: int = 256           # samples per forward pass
+    shard_size: int = 4096          # samples per Parquet shard (the unit of resumption)
+
+    def validate(self, where: str) -> None:
+        for name in ("actors", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_actor <= 0:
+            raise TrixmedError(where + ".cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
+        if self.gpus_per_actor < 0:
+            raise TrixmedError(where + ".gpus_per_actor", f"must be >= 0, got {self.gpus_per_actor}")
+
+
+@dataclass
 class StratifyConfig:
     pca_components: int = 32
     num_clusters: int = 8
@@ -266,14 +287,19 @@ class StratifyConfig:
     kmeans_tol: float = 1e-4
     kmeans_init: str = "k-means++"
     kmeans_n_init: int = 4          # K-means restarts; the lowest inertia wins
+    num_workers: int = 2            # Ray actors holding the feature shards (PCA moments, Lloyd partial sums)
+    cpus_per_worker: float = 0.5
+    profile_top: int = 10           # codes listed per kind in each cluster's profile
 
     def validate(self, where: str) -> None:
         _choice(where + ".kmeans_init", self.kmeans_init, ("k-means++", "random"))
-        for name in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_n_init"):
+        for name in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_n_init", "num_workers", "profile_top"):
             if getattr(self, name) < 1:
                 raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
         if self.kmeans_tol < 0:
             raise TrixmedError(where + ".kmeans_tol", f"must be >= 0, got {self.kmeans_tol}")
+        if self.cpus_per_worker <= 0:
+            raise TrixmedError(where + ".cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
 
 
 @dataclass
@@ -310,6 +336,7 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     stratify: StratifyConfig = field(default_factory=StratifyConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

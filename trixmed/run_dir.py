@@ -3,12 +3,15 @@
     <run_dir>/
         dataset/        prepare: visits.parquet, vocab.json, ddi.npz, card     (stage outputs are
         warmup/         phase 1: model/ (safetensors), history.json              written atomically)
-        features/       extract: features.parquet (pooled warm-up states)
+        features/       extract: shard-00000.parquet, ... (pooled warm-up states, trixmed/cluster/features.py)
         clusters/       stratify: transform (safetensors + JSON), assignments.parquet, profile.json
         experts/        phase 3: model/, history.json
         eval/           evaluate: metrics.json, metrics.md, predictions_{val,test}.jsonl
+                        (+ ablations.json, optional rows for the report)
+        report/         `trixmed report`: report.html, report.md, figures/, report.json, coherence.json
         run.json        per stage: input hash, config hash, wall time, finish time, summary
-        logs/           Ray's, DeepSpeed's and the workers' own output (the console stays quiet)
+        logs/           Ray's, DeepSpeed's and the workers' own output (the console stays quiet),
+                        and rank 0's progress events of each training phase
         tensorboard/    event files of the training phases
         .ray/           Ray Train storage: per-phase checkpoints used to resume
 
@@ -86,9 +89,6 @@ class RunDir:
     def features(self) -> Path:
         return self.root / "features"
 
-    @property
-    def features_file(self) -> Path:
-        return self.features / "features.parquet"
 
     @property
     def clusters(self) -> Path:
@@ -118,6 +118,39 @@ class RunDir:
     def predictions(self, split: str) -> Path:
         return self.eval / f"predictions_{split}.jsonl"
 
+    @property
+    def ablations(self) -> Path:
+        """Optional ablation rows shown next to the run's metrics in its report (trixmed/report/run_report.py)."""
+        return self.eval / "ablations.json"
+
+    @property
+    def report(self) -> Path:
+        """`trixmed report`'s output (not a stage: never part of a content hash or of run.json)."""
+        return self.root / "report"
+
+    @property
+    def report_html(self) -> Path:
+        return self.report / "report.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report / "report.md"
+
+    @property
+    def report_figures(self) -> Path:
+        """The report's figures as PNG files, for the Markdown (the HTML embeds them)."""
+        return self.report / "figures"
+
+    @property
+    def report_data(self) -> Path:
+        """Every number the report shows, as JSON."""
+        return self.report / "report.json"
+
+    @property
+    def coherence(self) -> Path:
+        """Cluster coherence metrics (`{"coherence": {...}}`), written by `trixmed report`."""
+        return self.report / "coherence.json"
+
     def phase(self, phase: str) -> Path:
         """Output of a training phase ("warmup" | "experts")."""
         if phase not in self.PHASES:
@@ -137,6 +170,14 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    def progress(self, phase: str) -> Path:
+        """Rank 0's progress events of a training phase (JSON lines), followed by the console."""
+        return self.logs / f"{phase}-progress.jsonl"
+
+    def partial(self, name: str) -> Path:
+        """Work a stage keeps across interruptions (hidden: never part of a content hash)."""
+        return self.root / ".partial" / name
 
     @property
     def ray_storage(self) -> Path:

@@ -1,5 +1,9 @@
-"""Patient stratification: PCA → z-score → K-means on warm-up features, and routing by nearest centroid."""
+"""Patient stratification: feature shards → PCA → z-score → K-means (distributed on Ray), the saved
+transform that routes any patient by nearest centroid, and cluster profiles."""
 
+from trixmed.cluster.distributed import LloydResult, ShardPool, fit_clusters_distributed
+from trixmed.cluster.profile import cluster_profiles, format_profiles
 from trixmed.cluster.stratify import ClusterTransform, fit_clusters, load_assignments
 
-__all__ = ["ClusterTransform", "fit_clusters", "load_assignments"]
+__all__ = ["ClusterTransform", "LloydResult", "ShardPool", "cluster_profiles", "fit_clusters", "fit_clusters_distributed",
+           "format_profiles", "load_assignments"]

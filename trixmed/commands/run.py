@@ -47,8 +47,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"artifacts in {rd.root.resolve()}:")
     for path, what in ((rd.dataset, "visits, vocabulary, DDI matrix, dataset card"),
                        (rd.model("warmup"), "warm-up model (safetensors)"),
-                       (rd.features_file, "pooled warm-up features"),
-                       (rd.clusters, "PCA/z-score/centroids (safetensors) and assignments"),
+                       (rd.features, "pooled warm-up features (Parquet shards)"),
+                       (rd.clusters, "PCA/z-score/centroids (safetensors), assignments, cluster profiles"),
                        (rd.model("experts"), "TRIXMED experts model (safetensors)"),
                        (rd.metrics, "test metrics, bootstrap, threshold chosen on validation"),
                        (rd.predictions("test"), "test predictions (`trixmed evaluate --predictions`)"),

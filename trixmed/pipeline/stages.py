@@ -30,6 +30,9 @@ _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_
 # what the warm-up model and its features depend on: not the MoE section, so a sweep over the
 # number of clusters, experts or top-n reuses one warm-up and one feature extraction
 _BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora")
+# what the clusters depend on: not the number of workers that computed them
+_STRATIFY_KEYS = tuple(f"stratify.{k}" for k in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_tol",
+                                                  "kmeans_init", "kmeans_n_init", "profile_top"))
 
 
 @dataclass(frozen=True)
@@ -98,51 +101,39 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str, Console], dict[st
     return body
 
 
-def _extract(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
-    import pandas as pd
+def _extract(cfg: Config, rd: RunDir, out: Path, ihash: str, console: Console) -> dict[str, Any]:
+    from trixmed.pipeline.extract import extract_features
 
-    from trixmed.data.dataset import Dataset
-    from trixmed.models import load_model
-    from trixmed.train.inference import collator_for, infer
-
-    ds = Dataset(rd.dataset)
-    model = load_model(rd.model("warmup"), cfg, ds.vocab)
-    samples = ds.samples()
-    pooled = infer(model, collator_for(cfg, ds.vocab), samples, progress="extract")["pooled"].astype(np.float32)
-    df = pd.DataFrame({
-        "visit_key": [s.visit_key for s in samples],
-        "patient_id": [s.patient_id for s in samples],
-        "split": [s.split for s in samples],
-        "features": list(pooled),
-    })
-    df.to_parquet(out / rd.features_file.name, index=False)
-    return {"samples": len(df), "dim": int(pooled.shape[1])}
-
-
-def read_features(rd: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
-    import pandas as pd
-
-    df = pd.read_parquet(rd.features_file)
-    return df, np.stack(df["features"].to_numpy()).astype(np.float64)
+    key = hash_json([ihash, config_hash(cfg, STAGES["extract"].keys(cfg))])[:12]
+    return extract_features(cfg, rd, out, rd.partial(f"extract-{key}"), console)
 
 
 def _stratify(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
     import pandas as pd
 
-    from trixmed.cluster import fit_clusters
+    from trixmed.cluster import cluster_profiles, fit_clusters_distributed, format_profiles
+    from trixmed.cluster.features import feature_shards, iter_feature_shards
+    from trixmed.data.dataset import Dataset
+    from trixmed.train.ray_session import ensure_ray
 
-    df, x = read_features(rd)
-    train = (df["split"] == "train").to_numpy()
-    transform = fit_clusters(x[train], cfg.stratify, cfg.seed)
-    labels, dist = transform.assign(x)
+    s = cfg.stratify
+    ensure_ray(cfg)
+    transform = fit_clusters_distributed(feature_shards(rd.features), s, cfg.seed,
+                                         num_workers=s.num_workers, cpus_per_worker=s.cpus_per_worker)
     transform.save(out)
-    pd.DataFrame({
-        "visit_key": df["visit_key"], "patient_id": df["patient_id"], "split": df["split"],
-        "cluster": labels, "distance": dist,
-    }).to_parquet(out / rd.assignments.name, index=False)
-    sizes = np.bincount(labels[train], minlength=transform.num_clusters)
-    write_json(out / rd.cluster_profile.name, {"train_cluster_sizes": sizes.tolist()})
-    return {"num_clusters": transform.num_clusters, "train_cluster_sizes": sizes.tolist()}
+    # every visit of every split, routed shard by shard through the saved transform
+    frames = []
+    for _, keys, x in iter_feature_shards(rd.features):
+        labels, dist = transform.assign(x)
+        frames.append(pd.DataFrame({**keys, "cluster": labels, "distance": dist}))
+    assignments = pd.concat(frames, ignore_index=True)
+    assignments.to_parquet(out / rd.assignments.name, index=False)
+    profiles = cluster_profiles(Dataset(rd.dataset), dict(zip(assignments["visit_key"], assignments["cluster"])),
+                                transform.num_clusters, top=s.profile_top)
+    write_json(out / rd.cluster_profile.name, profiles)
+    console.line(format_profiles(profiles))
+    sizes = [c["size"] for c in profiles["clusters"]]
+    return {"num_clusters": transform.num_clusters, "train_cluster_sizes": sizes, "inertia": round(transform.inertia, 4)}
 
 
 def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
@@ -177,7 +168,7 @@ STAGES: dict[str, Stage] = {
         Stage("prepare", (), ("data",), _prepare),
         Stage("warmup", ("prepare",), ("seed", *_BACKBONE_KEYS, "warmup", *_DIST_KEYS), _train("warmup"), reads_text=True),
         Stage("extract", ("prepare", "warmup"), _BACKBONE_KEYS, _extract, reads_text=True),
-        Stage("stratify", ("extract",), ("seed", "stratify"), _stratify),
+        Stage("stratify", ("prepare", "extract"), ("seed", *_STRATIFY_KEYS), _stratify),
         Stage("experts", ("prepare", "warmup", "stratify"), ("seed", "model", "experts", *_DIST_KEYS), _train("experts"),
               reads_text=True),
         Stage("evaluate", ("prepare", "experts", "stratify"), ("model", "eval"), _evaluate, reads_text=True),
@@ -193,6 +184,19 @@ class StageResult:
     summary: dict[str, Any]
 
 
+def check_dataset_fits(cfg: Config, rd: RunDir) -> None:
+    """What the prepared dataset alone can refute, checked before any stage after `prepare` works:
+    K-means needs at least as many training samples as clusters."""
+    from trixmed.data.dataset import Dataset
+
+    if not rd.dataset.is_dir():
+        return
+    train = int((Dataset(rd.dataset).visits["split"] == "train").sum())   # one sample per visit
+    if train < cfg.stratify.num_clusters:
+        raise TrixmedError("stratify.num_clusters", f"{cfg.stratify.num_clusters} clusters need at least as many "
+                           f"training samples; {rd.dataset} has {train}")
+
+
 def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console | None = None) -> StageResult:
     """Run one stage over `cfg.run_dir` unless it is already complete for these inputs and config."""
     console = console or Console()
@@ -200,6 +204,8 @@ def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console |
     rd = RunDir(cfg.run_dir)
     output = rd.stage_dir(name)
     ihash = input_hash(cfg, rd, stage)
+    if name != "prepare":
+        check_dataset_fits(cfg, rd)
     chash = config_hash(cfg, stage.keys(cfg))
     if not force and rd.is_complete(name, ihash, chash):
         entry = rd.state()["stages"][name]

@@ -20,8 +20,10 @@ def infer(
     clusters: list[int] | None = None,
     batch_size: int = 64,
     progress: str | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
-    """probs [N, n_med], pooled [N, H] and, for routed models, gates [N, E]."""
+    """probs [N, n_med], pooled [N, H] and, for routed models, gates [N, E]. With `device`, the
+    batches move there (the model must already be on it)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -31,11 +33,14 @@ def infer(
     for start in tqdm(starts, desc=progress, disable=True if progress is None else None, mininterval=5):
         chunk = samples[start:start + batch_size]
         cl = clusters[start:start + batch_size] if clusters is not None else None
-        out = model(collate(chunk, cl))
-        probs.append(torch.sigmoid(out.logits.float()).numpy())
-        pooled.append(out.pooled.float().numpy())
+        batch = collate(chunk, cl)
+        if device is not None:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = model(batch)
+        probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
+        pooled.append(out.pooled.float().cpu().numpy())
         if out.gates is not None:
-            gates.append(out.gates.float().numpy())
+            gates.append(out.gates.float().cpu().numpy())
     result = {"probs": np.concatenate(probs), "pooled": np.concatenate(pooled)}
     if gates:
         result["gates"] = np.concatenate(gates)

@@ -3,7 +3,7 @@
 Checkpoints live under `<run_dir>/.ray/<phase>-<hash>`: the name carries the content hash of the
 stage's inputs and config, so running the stage again after an interruption resumes from its
 latest checkpoint, while a changed config starts fresh instead of resuming stale weights.
-Rank 0's progress reaches the console through a `ProgressRelay` actor (see progress.py).
+Rank 0's progress reaches the console through `<run_dir>/logs/<phase>-progress.jsonl` (progress.py).
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ from trixmed.train.ray_session import ensure_ray, workers_log_dir
 def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None) -> dict[str, Any]:
     """Train `phase` ("warmup" | "experts") on Ray workers; rank 0 writes `out_dir/model` and
     `out_dir/history.json`. Returns the history."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trixmed.train.progress import ProgressFollower, ProgressRelay
+    from trixmed.train.progress import ProgressFollower
     from trixmed.train.trainer import train_worker
 
     ensure_ray(cfg)
     rd = RunDir(Path(cfg.run_dir).resolve())
     d = cfg.distributed
-    relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
     log_dir = workers_log_dir(cfg)
     spec = {
         "config": to_dict(cfg),
@@ -39,7 +37,7 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
         "run_dir": str(rd.root),
         "out_dir": str(Path(out_dir).resolve()),
         "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
-        "progress": relay,
+        "progress": str(rd.progress(phase)),
         "fail_marker": str(rd.ray_storage / "fail_hook_fired"),
     }
     resources = {"GPU": 1, "CPU": d.cpus_per_worker} if d.use_gpu else {"CPU": d.cpus_per_worker}
@@ -54,11 +52,8 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
-    try:
-        with ProgressFollower(relay, console or Console()):
-            trainer.fit()
-    finally:
-        ray.kill(relay)
+    with ProgressFollower(rd.progress(phase), console or Console()):
+        trainer.fit()
     history_path = Path(out_dir) / HISTORY_FILE
     if not history_path.is_file():
         raise RuntimeError(f"{history_path}: {phase} training finished without writing its history")

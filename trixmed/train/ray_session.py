@@ -3,8 +3,10 @@
 `ensure_ray` joins `distributed.ray_address` / $RAY_ADDRESS, or starts a local Ray on this
 machine's cores. Unless `verbose`, Ray's driver-side logging goes to `<run_dir>/logs/ray.log`,
 workers' output is not forwarded to the driver (trainers write it to `<run_dir>/logs/` themselves),
-and `<run_dir>/logs/ray-session` points at Ray's own session logs. Train state tracking is on,
-so the dashboard's Train view lists the runs and their metrics.
+and `<run_dir>/logs/ray-session` points at Ray's own session logs. Train state tracking is on
+wherever a dashboard can show it (`--dashboard`, or a cluster joined by address), so the
+dashboard's Train view lists the runs; a local run without a dashboard skips its state actor
+(~0.4 GB on these machines).
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     verbose = _session.verbose
     logs = RunDir(cfg.run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
-    os.environ.update(_TRAIN_STATE)   # a local Ray's processes inherit it
     address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
-    common = dict(log_to_driver=verbose, configure_logging=verbose, runtime_env={"env_vars": dict(_TRAIN_STATE)})
+    env_vars = {}
+    if dashboard or address:
+        os.environ.update(_TRAIN_STATE)   # a local Ray's processes inherit it
+        env_vars = dict(_TRAIN_STATE)     # a cluster's job processes get it through the runtime env
+    common = dict(log_to_driver=verbose, configure_logging=verbose, runtime_env={"env_vars": env_vars})
     # Without configure_logging, ray.init empties the "ray" logger, and what it logs while starting
     # (the token-auth notice) falls through to Python's last-resort handler on sys.stderr: catch it
     # there for the log file, then give the "ray" logger that file for good.
@@ -105,6 +110,18 @@ def release_ray() -> None:
 
 
 _RAY_LOGGER = logging.getLogger("ray")
+
+
+def quiet_library_logger(name: str) -> None:
+    """Send a Ray library's own logger (Ray Data configures "ray.data" with a console handler when
+    imported) to the run's log file instead of the console, unless the session is verbose."""
+    ours = [h for h in _RAY_LOGGER.handlers if getattr(h, "_trixmed", False)]
+    if _session.verbose or not ours:
+        return
+    logger = logging.getLogger(name)
+    # console handlers are StreamHandlers; the library's own session log file stays
+    keep = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler) or isinstance(h, logging.FileHandler)]
+    logger.handlers = [*keep, *ours]
 
 
 def _log_to_file(path: Path) -> None:

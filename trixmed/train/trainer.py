@@ -11,8 +11,8 @@
 `Trainer.fit` runs that loop; Tune trials and the GPU path reuse the same steps. DeepSpeed and
 expert parallelism are the strategy's business (`deepspeed_strategy.py`), the model knows
 nothing of them. `spec` is plain data built by `ray_fit.fit`: config (dict), phase, run_dir,
-out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (a
-`ProgressRelay` actor or None), fail_marker.
+out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (the
+progress file rank 0 appends to), fail_marker.
 """
 
 from __future__ import annotations

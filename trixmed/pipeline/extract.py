@@ -1,0 +1,118 @@
+"""The `extract` stage on Ray Data: pooled warm-up features of every sample, in Parquet shards.
+
+The samples are cut into fixed shards (`extract.shard_size`); Ray Data schedules the shards on an
+actor pool (`extract.actors`, each holding the frozen warm-up model once, on its GPU when
+`extract.gpus_per_actor` > 0), and each actor writes its shard atomically. A shard's content is a
+function of its sample range and the model only (fixed batches inside it), so the output is the
+same whatever the number of actors. Finished shards wait in a hidden directory named by the
+stage's input and config hash: an interrupted extraction resumes from them, a changed one
+starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trixmed.cluster.features import shard_name, write_feature_shard
+from trixmed.config import Config, from_dict, to_dict
+from trixmed.console import Console
+from trixmed.run_dir import RunDir
+
+
+class ShardExtractor:
+    """A Ray Data actor: loads the warm-up model once, then turns shard specs into shard files."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str, out_dir: str):
+        import torch
+
+        from trixmed.data.dataset import Dataset
+        from trixmed.models import load_model
+        from trixmed.train.inference import collator_for
+
+        cfg = from_dict(Config, config, "<extract>", "")
+        rd = RunDir(run_dir)
+        dataset = Dataset(rd.dataset)
+        self.samples = dataset.samples()
+        self.batch_size = cfg.extract.batch_size
+        self.device = torch.device("cuda") if cfg.extract.gpus_per_actor > 0 else torch.device("cpu")
+        self.model = load_model(rd.model("warmup"), cfg, dataset.vocab).to(self.device)
+        self.collate = collator_for(cfg, dataset.vocab)
+        self.out_dir = Path(out_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from trixmed.train.inference import infer
+
+        rows = []
+        for shard, start, end in zip(batch["shard"], batch["start"], batch["end"]):
+            chunk = self.samples[int(start):int(end)]
+            pooled = infer(self.model, self.collate, chunk, batch_size=self.batch_size, device=self.device)["pooled"]
+            write_feature_shard(self.out_dir / shard_name(int(shard)), [s.visit_key for s in chunk],
+                                [s.patient_id for s in chunk], [s.split for s in chunk], pooled)
+            rows.append(len(chunk))
+        return {"shard": np.asarray(batch["shard"]), "rows": np.asarray(rows), "dim": np.full(len(rows), pooled.shape[1])}
+
+
+def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console: Console) -> dict[str, Any]:
+    """Write every sample's features as shards into `out`; `partial` keeps finished shards across
+    interruptions (removed once all are in `out`)."""
+    from trixmed.data.dataset import Dataset
+
+    n = len(Dataset(rd.dataset).samples())
+    size = cfg.extract.shard_size
+    shards = [(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
+    partial.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in shards if not (partial / shard_name(s[0])).is_file()]
+    if len(todo) < len(shards):
+        console.line(f"[extract] resuming: {len(shards) - len(todo)} of {len(shards)} shards already written")
+    if todo:
+        _run_actor_pool(cfg, rd, todo, partial, console, done_before=len(shards) - len(todo), total=len(shards))
+    for i, _, _ in shards:
+        os.replace(partial / shard_name(i), out / shard_name(i))
+    shutil.rmtree(partial, ignore_errors=True)
+    from trixmed.cluster.features import read_feature_shard
+
+    dim = read_feature_shard(out / shard_name(0))[1].shape[1] if shards else 0
+    return {"samples": n, "dim": int(dim), "shards": len(shards), "resumed_shards": len(shards) - len(todo)}
+
+
+def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], partial: Path, console: Console,
+                    *, done_before: int, total: int) -> None:
+    import ray.data
+
+    from trixmed.train.ray_session import ensure_ray, quiet_library_logger
+
+    ensure_ray(cfg)
+    quiet_library_logger("ray.data")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False      # the console draws one bar for the stage itself
+    context.print_on_execution_start = False
+    e = cfg.extract
+    specs = ray.data.from_items([{"shard": i, "start": a, "end": b} for i, a, b in todo], override_num_blocks=len(todo))
+    with warnings.catch_warnings():
+        # `max_restarts` reaches Ray Data's actors only through its deprecated **ray_remote_args (no
+        # named parameter yet in Ray 2.60); revisit before Ray 2.64 removes them
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        results = specs.map_batches(
+            ShardExtractor,
+            fn_constructor_kwargs={"config": to_dict(cfg), "run_dir": str(rd.root.resolve()), "out_dir": str(partial.resolve())},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(e.actors, len(todo))),
+            num_cpus=e.cpus_per_actor,
+            num_gpus=e.gpus_per_actor or None,
+            # a lost actor fails the stage instead of restarting, and re-running resumes from the
+            # finished shards: Ray Data's restartable actors keep their constructor arguments in the
+            # object store, which makes Ray's core worker print an error on the console at creation
+            max_restarts=0,
+        )
+    console.start_bar("extract", total=total, initial=done_before)
+    done = done_before
+    for batch in results.iter_batches(batch_size=None):
+        done += len(batch["shard"])
+        console.advance_bar(done)
+    console.close_bar()
