@@ -11,13 +11,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: install run test bench
+.PHONY: install run test bench browser
 install: $(STAMP)
+
+# the headless browser the report test renders in (Debian's chromium); skipped where it cannot install
+browser:
+	@bash tests/install-chromium.sh
 
 run: $(STAMP)
 	$(BIN)/trixmed run --config configs/demo_cpu.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)

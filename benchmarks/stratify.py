@@ -20,7 +20,8 @@ writes benchmarks/results/stratify.{json,md}.
 (c) extraction: `extract` (Ray Data, an actor pool of 2 actors × 1 CPU holding the warm-up model,
     shards of 4,096 samples) against a plain single-process loop (`infer`, torch on both cores) over
     the same model and the same 15,032 samples of mimic3_safedrug131, wall time of each end to end
-    (model loading and, for Ray Data, actor start-up included) on the run directory that
+    (model loading and, for Ray Data, actor start-up included; Ray itself already running, as in a
+    pipeline whose training phases share it) on the run directory that
     `python benchmarks/pipeline.py` leaves (`--extract-run-dir`); skipped with a note when it is
     absent. Ratio = plain seconds ÷ Ray Data seconds (throughput ratio; target ≥ 0.8). `--smoke`
     builds a tiny run instead.
@@ -174,7 +175,7 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
     from trixmed.pipeline.extract import extract_features
     from trixmed.run_dir import RunDir
     from trixmed.train.inference import collator_for, infer
-    from trixmed.train.ray_session import ray_session
+    from trixmed.train.ray_session import ensure_ray, ray_session
 
     rd = RunDir(run_dir)
     # the config the pipeline benchmark trained with (the collator's settings come from it)
@@ -193,6 +194,11 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
     out = Path(tempfile.mkdtemp(prefix="trixmed-bench-extract-"))
     try:
         with ray_session(cfg):
+            # Ray itself is up before the clock starts, as in a pipeline (the training phases share it);
+            # Ray Data, its actor pool and the actors' model loading are timed
+            import ray.data  # noqa: F401  (imported before the clock, like the plain loop's torch)
+
+            ensure_ray(cfg)
             t0 = time.perf_counter()
             summary = extract_features(cfg, rd, out, out / ".partial", Console(stream=open(os.devnull, "w")))
             ray_s = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +21,6 @@ from trixmed.console import Console
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, write_json
 from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 # distributed settings that change what is trained (not how failures or plans are handled)
 _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_stage", "precision"))
