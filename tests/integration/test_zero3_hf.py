@@ -22,6 +22,8 @@ def llama_dir(tmp_path_factory):
                             "Visit diagnoses procedures medications unknown code D01 P02 M03"], vocab_size=300, max_positions=512)
 
 
+# plain peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias (not our code)
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_zero3_hf_warmup_exports_reloadable_adapters(ray_session, llama_dir, tmp_path):
     from peft import PeftModel
     from safetensors.numpy import load_file
