@@ -290,7 +290,7 @@ class Trainer:
 
 def _redirect_output(path: Path) -> None:
     """Send this worker process's stdout and stderr (Python's and C++'s: DeepSpeed, gloo, torch
-    warnings) to `path`; the console shows what rank 0 reports through the progress relay."""
+    warnings) to `path`; the console shows what rank 0 reports through its progress file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
