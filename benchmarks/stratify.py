@@ -212,19 +212,12 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
 
 def tiny_run(root: Path) -> Path:
     """A prepared tiny dataset and an untrained warm-up model: what extraction reads."""
-    import torch
-
     from trixmed.config import load_config
-    from trixmed.data.dataset import Dataset
-    from trixmed.models import build_model, save_model
-    from trixmed.run_dir import RunDir
-    from trixmed.testing import make_tiny_dataset
+    from trixmed.testing import make_tiny_dataset, save_untrained_warmup
 
     make_tiny_dataset(root, patients=120)
-    cfg = load_config(None, [f"run_dir={root}", "model.codes.d_model=32", "model.codes.n_heads=2", "model.codes.n_layers=1",
-                             "model.codes.title_words=false", "model.lora.rank=4"])
-    torch.manual_seed(0)
-    save_model(build_model(cfg, Dataset(RunDir(root).dataset).vocab, phase="warmup"), RunDir(root).model("warmup"))
+    save_untrained_warmup(load_config(None, [f"run_dir={root}", "model.codes.d_model=32", "model.codes.n_heads=2",
+                                             "model.codes.n_layers=1", "model.codes.title_words=false", "model.lora.rank=4"]))
     return root
 
 

@@ -83,16 +83,15 @@ class RunDir:
 
     @property
     def dataset(self) -> Path:
-        return self.root / "dataset"
+        return self.stage_dir("prepare")
 
     @property
     def features(self) -> Path:
-        return self.root / "features"
-
+        return self.stage_dir("extract")
 
     @property
     def clusters(self) -> Path:
-        return self.root / "clusters"
+        return self.stage_dir("stratify")
 
     @property
     def assignments(self) -> Path:
@@ -105,7 +104,7 @@ class RunDir:
 
     @property
     def eval(self) -> Path:
-        return self.root / "eval"
+        return self.stage_dir("evaluate")
 
     @property
     def metrics(self) -> Path:
@@ -155,7 +154,7 @@ class RunDir:
         """Output of a training phase ("warmup" | "experts")."""
         if phase not in self.PHASES:
             raise ValueError(f"not a training phase: {phase!r}")
-        return self.root / phase
+        return self.stage_dir(phase)
 
     def model(self, phase: str) -> Path:
         """The saved model of a training phase (inside a stage output, or a staging directory)."""

@@ -97,6 +97,20 @@ TINY_OVERRIDES = [
 ]
 
 
+def save_untrained_warmup(cfg: Config, seed: int = 0) -> Path:
+    """A seeded, untrained warm-up model saved where `cfg.run_dir` keeps it (the dataset must be
+    there): all that feature extraction reads, without training one."""
+    import torch
+
+    from trixmed.data.dataset import Dataset
+    from trixmed.models import build_model, save_model
+
+    rd = RunDir(cfg.run_dir)
+    torch.manual_seed(seed)
+    save_model(build_model(cfg, Dataset(rd.dataset).vocab, phase="warmup"), rd.model("warmup"))
+    return rd.model("warmup")
+
+
 # --------------------------------------------------------------------------------------------
 # Model-level stand-ins
 

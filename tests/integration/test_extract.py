@@ -9,10 +9,9 @@ import pytest
 from trixmed.cluster.features import feature_shards, read_feature_shard, shard_name, write_feature_shard
 from trixmed.config import load_config
 from trixmed.data.dataset import Dataset
-from trixmed.models import build_model, save_model
 from trixmed.pipeline.stages import STAGES, config_hash, input_hash, run_stage
 from trixmed.run_dir import RunDir, hash_json
-from trixmed.testing import TINY_OVERRIDES, make_tiny_dataset, save_tiny_llama
+from trixmed.testing import TINY_OVERRIDES, make_tiny_dataset, save_tiny_llama, save_untrained_warmup
 from trixmed.train.inference import collator_for, infer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -22,12 +21,8 @@ def _run_dir(root, *extra):
     """A prepared tiny dataset and an (untrained, seeded) warm-up model: all extraction needs."""
     make_tiny_dataset(root, patients=45)
     cfg = load_config(None, [*TINY_OVERRIDES, f"run_dir={root}", "extract.shard_size=16", "extract.batch_size=8", *extra])
-    ds = Dataset(RunDir(root).dataset)
-    import torch
-
-    torch.manual_seed(0)
-    save_model(build_model(cfg, ds.vocab, phase="warmup"), RunDir(root).model("warmup"))
-    return cfg, ds
+    save_untrained_warmup(cfg)
+    return cfg, Dataset(RunDir(root).dataset)
 
 
 def _features(root) -> tuple[list[str], np.ndarray]:

@@ -38,6 +38,13 @@ def write_feature_shard(path: str | Path, visit_keys: list[str], patient_ids: li
         pq.write_table(table, fh)
 
 
+def feature_dim(path: str | Path) -> int:
+    """The feature width H of a shard, from its schema alone."""
+    import pyarrow.parquet as pq
+
+    return int(pq.read_schema(path).field("features").type.list_size)
+
+
 def feature_shards(directory: str | Path) -> list[Path]:
     return sorted(Path(directory).glob(SHARD_GLOB))
 

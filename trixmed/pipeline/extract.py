@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trixmed.cluster.features import shard_name, write_feature_shard
+from trixmed.cluster.features import feature_dim, shard_name, write_feature_shard
 from trixmed.config import Config, from_dict, to_dict
 from trixmed.console import Console
 from trixmed.run_dir import RunDir
@@ -55,7 +55,7 @@ class ShardExtractor:
             write_feature_shard(self.out_dir / shard_name(int(shard)), [s.visit_key for s in chunk],
                                 [s.patient_id for s in chunk], [s.split for s in chunk], pooled)
             rows.append(len(chunk))
-        return {"shard": np.asarray(batch["shard"]), "rows": np.asarray(rows), "dim": np.full(len(rows), pooled.shape[1])}
+        return {"shard": np.asarray(batch["shard"]), "rows": np.asarray(rows)}
 
 
 def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console: Console) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console:
     interruptions (removed once all are in `out`)."""
     from trixmed.data.dataset import Dataset
 
-    n = len(Dataset(rd.dataset).samples())
+    n = len(Dataset(rd.dataset).visits)   # one sample per visit
     size = cfg.extract.shard_size
     shards = [(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
     partial.mkdir(parents=True, exist_ok=True)
@@ -75,10 +75,8 @@ def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console:
     for i, _, _ in shards:
         os.replace(partial / shard_name(i), out / shard_name(i))
     shutil.rmtree(partial, ignore_errors=True)
-    from trixmed.cluster.features import read_feature_shard
-
-    dim = read_feature_shard(out / shard_name(0))[1].shape[1] if shards else 0
-    return {"samples": n, "dim": int(dim), "shards": len(shards), "resumed_shards": len(shards) - len(todo)}
+    dim = feature_dim(out / shard_name(0)) if shards else 0
+    return {"samples": n, "dim": dim, "shards": len(shards), "resumed_shards": len(shards) - len(todo)}
 
 
 def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], partial: Path, console: Console,

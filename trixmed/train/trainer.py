@@ -37,7 +37,7 @@ from trixmed.train.deepspeed_config import grad_accumulation_steps
 from trixmed.train.deepspeed_strategy import DeepSpeedStrategy
 from trixmed.train.inference import collator_for
 from trixmed.train.progress import ProgressReporter
-from trixmed.train.sampling import epoch_micro_batches, patient_fraction, shard_for_eval
+from trixmed.train.sampling import epoch_micro_batches, patient_fraction, shard_for_eval, steps_per_epoch
 
 STATE_FILE = "trainer_state.json"
 BEST_DIR = "best_model"
@@ -108,7 +108,7 @@ class Trainer:
         self.collate = collator_for(self.cfg, self.ds.vocab, self.phase)
         self.accum = grad_accumulation_steps(self.pcfg, self.world, self.phase)
         self.engine = self.strategy.prepare(build_phase_model(self.cfg, self.ds, self.phase, self.rd), self.pcfg, self.phase)
-        self.steps_per_epoch = len(self._micro_batches(0))
+        self.steps_per_epoch = steps_per_epoch(len(self.train_samples), self.pcfg.effective_batch_size, self.phase)
         self._resume()
         self.writer = None
         if self.rank == 0:
