@@ -11,17 +11,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: install run test bench browser
+.PHONY: install run test bench browser slurm
 install: $(STAMP)
 
 # the headless browser the report test renders in (Debian's chromium); skipped where it cannot install
 browser:
 	@bash tests/install-chromium.sh
 
+# the single-host SLURM the tests marked `slurm` submit real jobs to (Debian's slurm-wlm + munge,
+# started per test session by tests/slurm); skipped where it cannot install
+slurm:
+	@bash slurm/local-cluster.sh install
+
 run: $(STAMP)
 	$(BIN)/trixmed run --config configs/demo_cpu.yaml
 
-test: $(STAMP) browser
+test: $(STAMP) browser slurm
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)

@@ -20,9 +20,13 @@ ALLOWED = {
     "cluster": {"errors", "io", "config", "data", "text", "cluster"},
     "eval": {"errors", "io", "config", "data", "eval"},
     "parallel": {"errors", "models", "parallel"},
-    # explanations and reports read a trained run through the pipeline; never the command line
+    # a sweep's trials run pipeline stages; the command line calls the sweep, never the reverse
+    "tune": {"errors", "paths", "io", "console", "config", "run_dir", "data", "text", "models", "cluster", "eval",
+             "parallel", "train", "pipeline", "tune"},
+    # explanations and reports read a trained run through the pipeline, a sweep through its
+    # summary; never the command line
     "report": {"errors", "paths", "io", "console", "config", "run_dir", "data", "text", "models", "cluster", "eval",
-               "parallel", "train", "pipeline", "report"},
+               "parallel", "train", "pipeline", "tune", "report"},
 }
 
 

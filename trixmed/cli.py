@@ -14,9 +14,8 @@ import sys
 
 from trixmed.errors import TrixmedError
 
-# name → (module with `add_arguments(parser)` and `main(args) -> int`, one-line help).
-# A module path of None marks a stage that is not built yet; it says so and exits 1.
-COMMANDS: dict[str, tuple[str | None, str]] = {
+# name → (module with `add_arguments(parser)` and `main(args) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("trixmed.commands.prepare", "raw MIMIC-III/IV CSVs, a processed benchmark or SafeDrug pickles → dataset/"),
     "warmup": ("trixmed.commands.stage", "phase 1: train the warm-up model on a seeded 30 %% of train → warmup/"),
     "extract": ("trixmed.commands.stage", "pooled hidden states of every training sample → features/"),
@@ -26,8 +25,9 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "predict": ("trixmed.commands.predict", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
     "explain": ("trixmed.commands.explain", "a patient → cluster, experts, similar training patients, cluster profile"),
     "report": ("trixmed.commands.report", "a run or a Tune experiment → HTML/Markdown report"),
-    "tune": (None, "Ray Tune sweep over tune_spaces/*.yaml"),
+    "tune": ("trixmed.commands.tune", "Ray Tune sweep of a search space (tune_spaces/*.yaml) over a run's warm-up → report + best config"),
     "run": ("trixmed.commands.run", "chain every stage over a run directory (skips stages already complete)"),
+    "plan": ("trixmed.commands.plan", "can a config run on N nodes × G GPUs: world size, ZeRO, expert groups, memory per GPU"),
 }
 
 
@@ -38,14 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        label = help_text if module else f"[not built yet] {help_text}"
-        p = sub.add_parser(name, help=label, description=label)
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML config (see configs/)")
         p.add_argument("--verbose", action="store_true", help="show Ray's, DeepSpeed's and the workers' own logs on the console")
+        # a command's own positionals (tune's SPACE) come before the overrides, which take the rest
+        importlib.import_module(module).add_arguments(p)
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted config overrides, anywhere on the line, e.g. model.moe.top_n=1")
-        if module:
-            importlib.import_module(module).add_arguments(p)
     return parser
 
 
@@ -68,9 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module, _ = COMMANDS[args.command]
-    if module is None:
-        print(f"trixmed {args.command}: not built yet (see the project's open issues)", file=sys.stderr)
-        return 1
     try:
         return int(importlib.import_module(module).main(args) or 0)
     except TrixmedError as exc:

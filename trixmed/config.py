@@ -52,9 +52,7 @@ class ProcessingConfig:
     visit_order: str = "admittime"  # admittime (chronological) | hadm_id (SafeDrug's literal order)
 
     def validate(self, where: str) -> None:
-        for name in ("min_visits", "top_diag", "top_proc", "top_med"):
-            if getattr(self, name) < 0:
-                raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _at_least(where, self, ("min_visits", "top_diag", "top_proc", "top_med"), 0)
         if self.atc_level not in (3, 4):
             raise TrixmedError(where + ".atc_level", f"must be 3 or 4, got {self.atc_level}")
         _choice(where + ".visit_order", self.visit_order, ("admittime", "hadm_id"))
@@ -197,15 +195,11 @@ class PhaseConfig:
     val_threshold: float = 0.5      # decision threshold of the validation Jaccard used for early stopping
 
     def validate(self, where: str) -> None:
-        for name in ("epochs", "micro_batch_size", "effective_batch_size"):
-            if getattr(self, name) < 1:
-                raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _at_least(where, self, ("epochs", "micro_batch_size", "effective_batch_size"), 1)
         for name in ("lr", "grad_clip"):
             if getattr(self, name) <= 0:
                 raise TrixmedError(f"{where}.{name}", f"must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_steps", "early_stopping_patience"):
-            if getattr(self, name) < 0:
-                raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _at_least(where, self, ("weight_decay", "warmup_steps", "early_stopping_patience"), 0)
         if not 0 < self.val_threshold < 1:
             raise TrixmedError(where + ".val_threshold", f"must be in (0, 1), got {self.val_threshold}")
 
@@ -222,9 +216,7 @@ class WarmupConfig(PhaseConfig):
         super().validate(where)
         if not 0 < self.fraction <= 1:
             raise TrixmedError(where + ".fraction", f"must be in (0, 1], got {self.fraction}")
-        for name in ("lm_weight", "med_weight"):
-            if getattr(self, name) < 0:
-                raise TrixmedError(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _at_least(where, self, ("lm_weight", "med_weight"), 0)
 
 
 @dataclass
@@ -270,9 +262,7 @@ class ExtractConfig:
     shard_size: int = 4096          # samples per Parquet shard (the unit of resumption)
 
     def validate(self, where: str) -> None:
-        for name in ("actors", "batch_size", "shard_size"):
-            if getattr(self, name) < 1:
-                raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _at_least(where, self, ("actors", "batch_size", "shard_size"), 1)
         if self.cpus_per_actor <= 0:
             raise TrixmedError(where + ".cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
         if self.gpus_per_actor < 0:
@@ -293,13 +283,35 @@ class StratifyConfig:
 
     def validate(self, where: str) -> None:
         _choice(where + ".kmeans_init", self.kmeans_init, ("k-means++", "random"))
-        for name in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_n_init", "num_workers", "profile_top"):
-            if getattr(self, name) < 1:
-                raise TrixmedError(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _at_least(where, self, ("pca_components", "num_clusters", "kmeans_iters", "kmeans_n_init", "num_workers", "profile_top"), 1)
         if self.kmeans_tol < 0:
             raise TrixmedError(where + ".kmeans_tol", f"must be >= 0, got {self.kmeans_tol}")
         if self.cpus_per_worker <= 0:
             raise TrixmedError(where + ".cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+
+
+@dataclass
+class TuneConfig:
+    """How `trixmed tune` schedules a sweep (tune_spaces/*.yaml says what it varies). Never part of
+    a stage's config hash: a trial trains exactly what `trixmed run` would with its parameters."""
+
+    scheduler: str = "asha"         # asha: stop trials whose validation Jaccard trails at a rung | fifo: run all
+    grace_period: int = 1           # ASHA: epochs every trial trains before it can be stopped
+    reduction_factor: int = 2       # ASHA: 1 / reduction_factor of the trials go on at each rung
+    max_concurrent_trials: int = 1  # each trial holds distributed.num_workers × cpus_per_worker while it trains
+    trial_cpus: float = 0.01        # CPU reserved by a trial's own process, beside its training workers
+    max_failures: int = 0           # retries of a failed trial before it is recorded as an error
+
+    def validate(self, where: str) -> None:
+        _choice(where + ".scheduler", self.scheduler, ("asha", "fifo"))
+        _at_least(where, self, ("grace_period", "max_concurrent_trials"), 1)
+        if self.reduction_factor < 2:
+            raise TrixmedError(where + ".reduction_factor", f"must be >= 2, got {self.reduction_factor}")
+        # Ray refuses a zero-CPU trial; a whole CPU per trial process deadlocks 2-core machines (STACK.md)
+        if self.trial_cpus <= 0:
+            raise TrixmedError(where + ".trial_cpus", f"must be > 0, got {self.trial_cpus}")
+        if self.max_failures < 0:
+            raise TrixmedError(where + ".max_failures", f"must be >= 0, got {self.max_failures}")
 
 
 @dataclass
@@ -323,6 +335,8 @@ class TestHooksConfig:
     # the last rank kills itself (os._exit) once, at this optimizer step of the first phase it
     # trains, to exercise FailureConfig restarts; -1 = off
     fail_at_step: int = -1
+    # a Tune trial raises before it trains (a sweep goes on without it)
+    fail_trial: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,6 +355,7 @@ class Config:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     test_hooks: TestHooksConfig = field(default_factory=TestHooksConfig)
 
@@ -359,18 +374,8 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
-    raw: dict[str, Any] = {}
     source = str(path) if path is not None else "<defaults>"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise TrixmedError(p, "config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise TrixmedError(p, f"not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(raw, dict):
-            raise TrixmedError(p, "top level must be a mapping")
+    raw = read_yaml_mapping(path, "config file not found") if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
     cfg = from_dict(Config, raw, source, "")
@@ -379,6 +384,20 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     except TrixmedError as exc:
         raise TrixmedError(source, f"{exc.where}: {exc.problem}" if exc.where else exc.problem) from None
     return cfg
+
+
+def read_yaml_mapping(path: str | Path, missing: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is an empty one); one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrixmedError(p, missing)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TrixmedError(p, f"not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise TrixmedError(p, "top level must be a mapping")
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -393,6 +412,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    set_key(raw, key.strip(), value)
+
+
+def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a raw (not yet validated) config mapping, creating sections on the way."""
+    keys = dotted.split(".")
     node = raw
     for k in keys[:-1]:
         nxt = node.get(k)
@@ -478,6 +503,13 @@ def _coerce(tp: Any, value: Any, source: str, dotted: str) -> Any:
         if isinstance(value, str):
             return value
     raise TrixmedError(source, f"{dotted}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _at_least(where: str, section: Any, names: tuple[str, ...], minimum: int) -> None:
+    """Each of `names` of `section` is >= `minimum` (the integer settings of every section)."""
+    for name in names:
+        if getattr(section, name) < minimum:
+            raise TrixmedError(f"{where}.{name}", f"must be >= {minimum}, got {getattr(section, name)}")
 
 
 def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:

@@ -8,7 +8,9 @@ SLURM job's output holds the lines alone.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import IO, Any
 
 
@@ -47,3 +49,16 @@ class Console:
             self._bar.close()
             self._bar = None
 
+
+
+def redirect_output(path: Path) -> None:
+    """Send this process's stdout and stderr (Python's and C++'s: DeepSpeed, gloo, torch warnings)
+    to `path`. Ray's worker processes (training ranks, Tune trials) use it: the console shows what
+    the driver reports, the details stay in the run's logs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)

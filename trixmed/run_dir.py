@@ -13,6 +13,7 @@
         logs/           Ray's, DeepSpeed's and the workers' own output (the console stays quiet),
                         and rank 0's progress events of each training phase
         tensorboard/    event files of the training phases
+        tune/<space>/   `trixmed tune`: one Ray Tune experiment per search space (`ExperimentDir`)
         .ray/           Ray Train storage: per-phase checkpoints used to resume
 
 Every path into a run directory comes from `RunDir`; no other module spells these names.
@@ -179,8 +180,22 @@ class RunDir:
         return self.root / ".partial" / name
 
     @property
+    def stop_request(self) -> Path:
+        """Created by whoever wants a training phase to stop (a sweep's scheduler, a preempted job):
+        the phase ends after the current epoch's checkpoint, unexported, and resumes when run again."""
+        return self.partial("stop")
+
+    @property
     def ray_storage(self) -> Path:
         return self.root / ".ray"
+
+    @property
+    def tune(self) -> Path:
+        """Ray Tune's storage path: one experiment directory per search space (`experiment`)."""
+        return self.root / "tune"
+
+    def experiment(self, name: str) -> ExperimentDir:
+        return ExperimentDir(self.tune / name)
 
     @property
     def run_file(self) -> Path:
@@ -209,3 +224,61 @@ class RunDir:
             **extra,
         }
         write_json(self.run_file, state)
+
+
+class ExperimentDir:
+    """One Ray Tune sweep (`trixmed tune`) under `<run_dir>/tune/<space>/`:
+
+        <experiment>/
+            sweep.json          the search space and base config it was started with (resume checks it)
+            summary.json        every trial: parameters, status, curves, validation scores; the best
+            best.yaml           the best configuration (chosen on validation), ready for `trixmed run`
+            report/             `trixmed report --tune`: sweep.html, sweep.md, figures/
+            shared/<hash>/      stratify outputs shared by trials with the same clustering settings
+            <trial>/            Ray Tune's trial directories; <trial>/run/ is that trial's run directory
+            experiment_state-*.json, tuner.pkl, ...   Ray Tune's own state (`Tuner.restore`)
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def best_config(self) -> Path:
+        return self.root / "best.yaml"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_html(self) -> Path:
+        return self.report / "sweep.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report / "sweep.md"
+
+    @property
+    def report_figures(self) -> Path:
+        return self.report / "figures"
+
+    def shared(self, key: str) -> Path:
+        """A run directory holding one stratify result that every trial with clustering settings `key` links to."""
+        return self.root / "shared" / key
+
+    @staticmethod
+    def trial_run(trial_dir: str | Path) -> RunDir:
+        """The run directory of one trial, inside Ray Tune's trial directory."""
+        return RunDir(Path(trial_dir) / "run")

@@ -48,3 +48,95 @@ def test_stage_without_its_inputs_is_exit_2(capsys, tmp_path):
     code = main(["extract", "--config", str(CONFIGS / "demo_cpu.yaml"), f"run_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and f"{tmp_path}/dataset: missing; stage extract needs it" in err
+
+
+# --------------------------------------------------------------------------------------------
+# `trixmed plan --nodes N --gpus-per-node G`: the shape a SLURM job checks before starting Ray
+
+LLAMA = str(CONFIGS / "llama3_8b_moelora.yaml")
+
+
+def plan(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["plan", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plan_prints_world_size_zero_groups_and_memory_per_gpu(capsys, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    code, out, _ = plan(capsys, "--config", LLAMA, "--nodes", "2", "--gpus-per-node", "8")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{LLAMA} on 2 node(s) × 8 GPUs: world size 16, ZeRO stage 3, bf16"
+    assert "expert parallelism: off (ep_size 1; every rank holds all 8 experts)" in lines
+    assert "  experts  3 epochs, batch 64 = 2 × 16 workers × 2 accumulation, lr 0.0001 (100 warm-up steps), clip 0.3" in lines
+    assert "  activations ≈ 2.27 GiB (micro-batch 2 × sequence 2048, 32 layers, gradient checkpointing, bf16)" in lines
+    # ZeRO-3 over 16 GPUs: a sixteenth of the 8 B frozen weights + the largest layer gathered in full
+    assert ("  model states: frozen weights 1.91 GiB + trainable states 0.14 GiB "
+            "(DeepSpeed estimate_zero3_model_states_mem_needs) = 2.06 GiB") in lines
+    assert lines[-1].startswith("fits: ") and lines[-1].endswith(" per GPU of 80 GiB (90% usable = 72.0 GiB)")
+
+
+def test_plan_shows_the_expert_parallel_groups(capsys, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    code, out, _ = plan(capsys, "--config", LLAMA, "--nodes", "1", "--gpus-per-node", "4",
+                        "model.moe.ep_size=2", "distributed.zero_stage=2")
+    assert code == 0
+    assert ("expert parallelism: ep_size 2, 2 expert-parallel groups [0,1] [2,3], 4 experts per rank; "
+            "expert-data-parallel groups [0,2] [1,3]") in out.splitlines()
+
+
+def test_plan_on_cpu_keeps_the_configs_workers(capsys, tmp_path):
+    code, out, _ = plan(capsys, "--config", str(CONFIGS / "demo_cpu.yaml"), "--nodes", "2", "--gpus-per-node", "0",
+                        f"run_dir={tmp_path}")
+    assert code == 0
+    assert out.splitlines()[0] == f"{CONFIGS / 'demo_cpu.yaml'} on 2 node(s), CPU only: world size 2 (distributed.num_workers), ZeRO stage 2, fp32"
+    assert "fits:" not in out and not tmp_path.joinpath("dataset").exists()
+
+
+@pytest.mark.parametrize("args,error", [
+    (["--nodes", "3", "--gpus-per-node", "8"],
+     "warmup.effective_batch_size: 64 is not a multiple of micro_batch_size × workers = 2 × 24; "
+     "smallest shape that fits: --nodes 1 --gpus-per-node 1"),
+    (["--nodes", "1", "--gpus-per-node", "1", "--gpu-memory", "16"],
+     "memory: ≈ 20.4 GiB per GPU (model states 18.1 + activations 2.3) exceeds 14.4 GiB usable of 16 GiB; "
+     "smallest shape that fits: --nodes 2 --gpus-per-node 1"),
+    (["--nodes", "1", "--gpus-per-node", "6", "model.moe.ep_size=4", "distributed.zero_stage=2"],
+     "model.moe.ep_size: 4 does not divide the world size 6; smallest shape that fits: --nodes 1 --gpus-per-node 4"),
+    (["--nodes", "1", "--gpus-per-node", "4", "--gpu-memory", "8"],
+     "memory: ≈ 7.5 GiB per GPU (model states 5.3 + activations 2.3) exceeds 7.2 GiB usable of 8 GiB; "
+     "smallest shape that fits: --nodes 2 --gpus-per-node 4"),
+    # activations alone (2.3 GiB at 2048 tokens) and the gathered largest layer never fit in 3.6 GiB
+    (["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory", "4"],
+     "memory: ≈ 5.4 GiB per GPU (model states 3.1 + activations 2.3) exceeds 3.6 GiB usable of 4 GiB; "
+     "no shape up to 64 nodes × 8 GPUs fits"),
+])
+def test_plan_refuses_a_shape_in_one_line_with_the_smallest_that_fits(capsys, monkeypatch, args, error):
+    monkeypatch.chdir(CONFIGS.parent)
+    code, out, err = plan(capsys, "--config", LLAMA, *args)
+    assert code == 2 and out == ""
+    assert err == f"trixmed plan: error: {LLAMA}: {error}\n"
+
+
+def test_plan_refuses_a_cpu_batch_that_does_not_divide(capsys, tmp_path):
+    code, _, err = plan(capsys, "--config", str(CONFIGS / "demo_cpu.yaml"), "--nodes", "2", "--gpus-per-node", "0",
+                        "distributed.num_workers=3", f"run_dir={tmp_path}")
+    assert code == 2
+    assert err == (f"trixmed plan: error: {CONFIGS / 'demo_cpu.yaml'}: warmup.effective_batch_size: 4 is not a multiple of "
+                   "micro_batch_size × workers = 2 × 3; smallest that fits: distributed.num_workers=1\n")
+
+
+def test_plan_refuses_a_bad_node_count(capsys):
+    code, _, err = plan(capsys, "--config", str(CONFIGS / "demo_cpu.yaml"), "--nodes", "0")
+    assert code == 2 and err == "trixmed plan: error: --nodes: must be >= 1, got 0\n"
+
+
+def test_expert_parallel_groups_follow_deepspeeds_layout():
+    from trixmed.errors import TrixmedError
+    from trixmed.pipeline.plan import expert_parallel_groups
+
+    g = expert_parallel_groups(8, 8, 4)
+    assert g["groups"] == [[0, 1, 2, 3], [4, 5, 6, 7]] and g["data_groups"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert g["experts_per_rank"] == 2
+    with pytest.raises(TrixmedError, match="model.moe.ep_size: 4 does not divide the world size 6"):
+        expert_parallel_groups(6, 8, 4)

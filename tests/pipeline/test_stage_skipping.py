@@ -32,7 +32,7 @@ def stand_in(monkeypatch):
     """The stratify stage with a cheap body: counts the feature rows it reads."""
     calls = []
 
-    def body(cfg, rd, out, ihash, console):
+    def body(cfg, rd, out, ihash, ctx):
         rows = sum(len(read_feature_shard(p)[1]) for p in feature_shards(rd.features))
         write_json(out / "rows.json", {"rows": rows})
         calls.append(rows)

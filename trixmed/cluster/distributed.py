@@ -435,7 +435,12 @@ class ShardPool:
         if self.num_workers * cpus_per_worker > have:
             raise TrixmedError("stratify", f"{self.num_workers} workers × {cpus_per_worker} CPUs need more CPUs "
                                            f"than the Ray cluster has ({have:g})")
-        remote = ray.remote(num_cpus=cpus_per_worker)(ShardWorker)
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # placement_group=None: inside a Tune trial the workers would otherwise be captured into the
+        # trial's own placement group, which holds only the trial process's small CPU share
+        remote = ray.remote(num_cpus=cpus_per_worker)(ShardWorker).options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
         self.workers, self.streaming = [], []
         for w in range(self.num_workers):
             owned = list(range(w, len(self.paths), self.num_workers))

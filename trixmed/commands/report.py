@@ -1,6 +1,10 @@
 """`trixmed report --run R`: a trained run as one self-contained HTML page plus Markdown (metrics,
 training curves, patient map, cluster coherence, routing, per-cluster accuracy), the numbers as
-JSON, and the cluster coherence metrics (<run>/report/coherence.json)."""
+JSON, and the cluster coherence metrics (<run>/report/coherence.json).
+
+`trixmed report --tune EXP`: a `trixmed tune` experiment (<run>/tune/<space>/) as one page plus
+Markdown (validation scores over the grid, every trial, learning curves) and its best
+configuration as a config file for `trixmed run` (<experiment>/best.yaml)."""
 
 from __future__ import annotations
 
@@ -12,20 +16,38 @@ from trixmed.commands.explain import add_run_alias
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_alias(parser)
-    parser.add_argument("--sample", type=int, default=3000, metavar="N",
+    # default None, not 3000: so that --sample next to --tune is refused rather than ignored
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="training visits sampled (seeded) for the similarity matrix, silhouette and map (default 3000)")
+    parser.add_argument("--tune", metavar="EXPERIMENT_DIR",
+                        help="report a `trixmed tune` experiment (<run>/tune/<space>/) instead of a run: the sweep's "
+                             "page and its best config (best.yaml); takes no --run/--config/--sample/overrides")
 
 
 def main(args: argparse.Namespace) -> int:
     from trixmed.console import Console
     from trixmed.errors import TrixmedError
-    from trixmed.report.run_report import build_run_report
+
+    console = Console(verbose=args.verbose)
+    if args.tune is not None:
+        from trixmed.report.sweep_report import build_sweep_report
+        from trixmed.run_dir import ExperimentDir
+
+        run_side = [flag for flag, given in (("--run/--run-dir", args.run_dir), ("--config", args.config),
+                                             ("--sample", args.sample is not None), ("key=value overrides", args.overrides))
+                    if given]
+        if run_side:
+            raise TrixmedError("--tune", f"reports a sweep from its summary alone; {', '.join(run_side)} "
+                                         "choose a run to report (use one or the other)")
+        build_sweep_report(ExperimentDir(args.tune), console)
+        return 0
+
+    from trixmed.report.run_report import SAMPLE_VISITS, build_run_report
     from trixmed.run_dir import RunDir
 
-    if args.sample < 2:
-        raise TrixmedError("--sample", f"must be >= 2, got {args.sample}")
+    n = SAMPLE_VISITS if args.sample is None else args.sample
+    if n < 2:
+        raise TrixmedError("--sample", f"must be >= 2, got {n}")
     cfg = load_run_config(args)
-    n = args.sample
-    build_run_report(cfg, RunDir(cfg.run_dir), map_visits=n, similarity_visits=n, silhouette_visits=n,
-                     console=Console(verbose=args.verbose))
+    build_run_report(cfg, RunDir(cfg.run_dir), map_visits=n, similarity_visits=n, silhouette_visits=n, console=console)
     return 0

@@ -83,7 +83,9 @@ class MedRecModel(nn.Module):
                 m.dispatch = dispatch
         hidden, mask, lm_loss = self.backbone(batch)
         pooled = masked_mean(hidden.float(), mask)
-        logits = self.head(pooled)
+        # under DeepSpeed bf16/fp16 the head's weights are half precision: feed it its own dtype,
+        # and score the loss in fp32
+        logits = self.head(pooled.to(self.head.weight.dtype)).float()
         if routing is None:
             return ModelOutput(logits, pooled, logits.new_zeros(()), lm_loss, None, None)
         return ModelOutput(logits, pooled, routing.aux_loss, lm_loss, routing.counts, routing.gates)

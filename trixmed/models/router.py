@@ -62,4 +62,5 @@ class LearnedRouter(nn.Module):
         self.gate = nn.Linear(hidden, num_experts)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.gate(features)
+        # the gate may be half precision (DeepSpeed bf16/fp16); the routing softmax stays fp32
+        return self.gate(features.to(self.gate.weight.dtype)).float()

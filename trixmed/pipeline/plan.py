@@ -1,13 +1,19 @@
-"""`trixmed run --dry-run`: validate a config and print what a run would do, without training.
+"""`trixmed run --dry-run` and `trixmed plan`: what a run would do, and whether a cluster shape can run it.
 
-The memory line uses DeepSpeed's own model-state estimators for the *trainable* parameters
-(LoRA / experts / head: weights, gradients and Adam states, partitioned per the ZeRO stage) plus
-the frozen backbone weights at the run's precision (partitioned only under ZeRO-3, where one
-layer at a time is gathered in full). Activations are not included.
+Model-state memory uses DeepSpeed's own estimators for the *trainable* parameters (LoRA / experts /
+head: weights, gradients and Adam states, partitioned per the ZeRO stage) plus the frozen backbone
+weights at the run's precision (partitioned only under ZeRO-3, where one layer at a time is
+gathered in full). Activations are estimated from the architecture for one micro-batch at the
+configured sequence length (`estimate_activations`).
+
+`check_shape` is `trixmed plan`'s verdict on N nodes × G GPUs: the run's world size and batch
+split, the expert-parallel groups, memory per GPU against the GPU's capacity; a shape that cannot
+divide or cannot fit is refused in one line that names the smallest shape that would work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -18,9 +24,17 @@ from trixmed.run_dir import RunDir
 from trixmed.train.deepspeed_config import build_deepspeed_config
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+GIB = 1024**3
+# share of a GPU's memory a plan may fill: the CUDA context, NCCL buffers and the caching
+# allocator's fragmentation take the rest
+USABLE_GPU_FRACTION = 0.9
+# the largest shape `trixmed plan` searches when it suggests one
+MAX_SUGGESTED_NODES = 64
 
 
-def build_plan(cfg: Config) -> dict[str, Any]:
+def build_plan(cfg: Config, counts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `--dry-run` and `trixmed plan` print. `counts` (from `param_counts`) saves
+    rebuilding the model on the meta device when several shapes of one config are planned."""
     from trixmed.pipeline.stages import STAGES, config_hash, input_hash
 
     d = cfg.distributed
@@ -36,18 +50,7 @@ def build_plan(cfg: Config) -> dict[str, Any]:
             status = "will run (after its inputs)"
         upstream_runs = upstream_runs or not status.startswith("up to date")
         stages.append({"stage": name, "output": str(rd.stage_dir(name)), "status": status})
-    phases = {}
-    for phase in ("warmup", "experts"):
-        ds_cfg = build_deepspeed_config(getattr(cfg, phase), d, world, phase)   # validates the batch split
-        phases[phase] = {
-            "epochs": getattr(cfg, phase).epochs,
-            "micro_batch_per_worker": ds_cfg["train_micro_batch_size_per_gpu"],
-            "grad_accumulation": ds_cfg["gradient_accumulation_steps"],
-            "effective_batch": ds_cfg["train_batch_size"],
-            "lr": getattr(cfg, phase).lr,
-            "warmup_steps": getattr(cfg, phase).warmup_steps,
-            "grad_clip": getattr(cfg, phase).grad_clip,
-        }
+    phases = batch_split(cfg)
     return {
         "run_dir": str(rd.root),
         "stages": stages,
@@ -57,9 +60,39 @@ def build_plan(cfg: Config) -> dict[str, Any]:
         "precision": d.precision,
         "backbone": cfg.model.backbone,
         "experts": f"{cfg.model.moe.num_experts} experts, top-{cfg.model.moe.top_n}, router {cfg.model.moe.router}, ep_size {cfg.model.moe.ep_size}",
+        "expert_parallel": expert_parallel_groups(world, cfg.model.moe.num_experts, cfg.model.moe.ep_size),
         "phases": phases,
-        "memory": estimate_memory(cfg),
+        "memory": estimate_memory(cfg, counts),
     }
+
+
+def batch_split(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Each phase's batch arithmetic at the config's world size; a batch that does not divide is
+    the TrixmedError of `build_deepspeed_config`."""
+    phases = {}
+    for phase in ("warmup", "experts"):
+        ds_cfg = build_deepspeed_config(getattr(cfg, phase), cfg.distributed, cfg.distributed.num_workers, phase)
+        phases[phase] = {
+            "epochs": getattr(cfg, phase).epochs,
+            "micro_batch_per_worker": ds_cfg["train_micro_batch_size_per_gpu"],
+            "grad_accumulation": ds_cfg["gradient_accumulation_steps"],
+            "effective_batch": ds_cfg["train_batch_size"],
+            "lr": getattr(cfg, phase).lr,
+            "warmup_steps": getattr(cfg, phase).warmup_steps,
+            "grad_clip": getattr(cfg, phase).grad_clip,
+        }
+    return phases
+
+
+def expert_parallel_groups(world: int, num_experts: int, ep_size: int) -> dict[str, Any]:
+    """DeepSpeed's layout (`groups._create_expert_and_data_parallel`, data before expert parallel
+    off): expert-parallel groups are runs of `ep_size` consecutive ranks, each holding every expert
+    once; expert-data-parallel groups take every `ep_size`-th rank and all-reduce the same experts."""
+    if world % ep_size:
+        raise TrixmedError("model.moe.ep_size", f"{ep_size} does not divide the world size {world}")
+    ep = [list(range(g * ep_size, (g + 1) * ep_size)) for g in range(world // ep_size)]
+    edp = [list(range(r, world, ep_size)) for r in range(ep_size)]
+    return {"ep_size": ep_size, "experts_per_rank": num_experts // ep_size, "groups": ep, "data_groups": edp}
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -67,35 +100,156 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines += [f"  {s['stage']:<9} {s['status']:<28} → {s['output']}" for s in plan["stages"]]
     lines.append(f"world size {plan['world_size']} on {plan['device']}, ZeRO stage {plan['zero_stage']}, {plan['precision']}")
     lines.append(f"backbone {plan['backbone']}; {plan['experts']}")
+    lines.append(_format_expert_parallel(plan["expert_parallel"]))
     for phase, p in plan["phases"].items():
         lines.append(f"  {phase:<8} {p['epochs']} epochs, batch {p['effective_batch']} = {p['micro_batch_per_worker']} × "
                      f"{plan['world_size']} workers × {p['grad_accumulation']} accumulation, lr {p['lr']:g} "
                      f"({p['warmup_steps']} warm-up steps), clip {p['grad_clip']:g}")
     m = plan["memory"]
+    unit = "GPU" if "GPU" in plan["device"] else "worker"
     if "error" in m:
-        lines.append(f"memory per {'GPU' if 'GPU' in plan['device'] else 'worker'}: unknown ({m['error']})")
+        lines.append(f"memory per {unit}: unknown ({m['error']})")
     else:
-        lines.append(f"memory per {'GPU' if 'GPU' in plan['device'] else 'worker'} (model states, no activations; {m['source']}):")
+        lines.append(f"memory per {unit} (experts phase; {m['source']}):")
         lines.append(f"  parameters: {m['total_params'] / 1e6:,.1f} M total, {m['trainable_params'] / 1e6:,.2f} M trainable (experts phase)")
-        lines.append(f"  frozen weights {_size(m['frozen_gib'])} + trainable states {_size(m['trainable_gib'])} "
+        lines.append(f"  model states: frozen weights {_size(m['frozen_gib'])} + trainable states {_size(m['trainable_gib'])} "
                      f"(DeepSpeed {m['estimator']}) = {_size(m['per_device_gib'])}")
+        a = m["activations"]
+        lines.append(f"  activations ≈ {_size(a['gib'])} (micro-batch {a['micro_batch']} × sequence {a['sequence']}, "
+                     f"{a['layers']} layers, {'gradient checkpointing' if a['checkpointing'] else 'no checkpointing'}, "
+                     f"{a['precision']})")
+        lines.append(f"  total ≈ {_size(m['total_gib'])}")
     return "\n".join(lines)
+
+
+def _format_expert_parallel(ep: dict[str, Any]) -> str:
+    if ep["ep_size"] == 1:
+        return f"expert parallelism: off (ep_size 1; every rank holds all {ep['experts_per_rank']} experts)"
+    shown = " ".join("[" + ",".join(map(str, g)) + "]" for g in ep["groups"][:8]) + (" …" if len(ep["groups"]) > 8 else "")
+    data = " ".join("[" + ",".join(map(str, g)) + "]" for g in ep["data_groups"][:8]) + (" …" if len(ep["data_groups"]) > 8 else "")
+    return (f"expert parallelism: ep_size {ep['ep_size']}, {len(ep['groups'])} expert-parallel groups {shown}, "
+            f"{ep['experts_per_rank']} experts per rank; expert-data-parallel groups {data}")
 
 
 def _size(gib: float) -> str:
     return f"{gib:.2f} GiB" if gib >= 0.1 else f"{gib * 1024:.1f} MiB"
 
 
-def estimate_memory(cfg: Config) -> dict[str, Any]:
+# --------------------------------------------------------------------------------------------
+# `trixmed plan`: one cluster shape
+
+
+def shaped(cfg: Config, nodes: int, gpus_per_node: int) -> Config:
+    """`cfg` as it runs on `nodes` × `gpus_per_node` GPUs: one worker per GPU. With no GPUs the
+    config's own CPU workers are kept (spread over the nodes)."""
+    if gpus_per_node <= 0:
+        return cfg
+    d = dataclasses.replace(cfg.distributed, num_workers=nodes * gpus_per_node, use_gpu=True)
+    return dataclasses.replace(cfg, distributed=d, plan=dataclasses.replace(cfg.plan, gpus_per_node=gpus_per_node))
+
+
+def check_shape(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
+                config_name: str = "config") -> dict[str, Any]:
+    """The plan of `cfg` on this shape, or a one-line TrixmedError naming the first thing that
+    cannot divide or cannot fit and the smallest shape that would."""
+    if nodes < 1:
+        raise TrixmedError("--nodes", f"must be >= 1, got {nodes}")
+    if gpus_per_node < 0:
+        raise TrixmedError("--gpus-per-node", f"must be >= 0, got {gpus_per_node}")
+    if gpus_per_node and gpu_memory_gib <= 0:
+        raise TrixmedError("--gpu-memory", f"must be > 0, got {gpu_memory_gib:g}")
+    counts = _counts_or_error(cfg)
+    problem = _shape_problem(cfg, nodes, gpus_per_node, gpu_memory_gib, counts)
+    if problem:
+        raise TrixmedError(config_name, f"{problem}; {_suggestion(cfg, nodes, gpus_per_node, gpu_memory_gib, counts)}")
+    run_cfg = shaped(cfg, nodes, gpus_per_node)
+    plan = build_plan(run_cfg, counts)
+    plan["shape"] = {"nodes": nodes, "gpus_per_node": gpus_per_node, "gpu_memory_gib": gpu_memory_gib,
+                     "usable_gib": gpu_memory_gib * USABLE_GPU_FRACTION}
+    return plan
+
+
+def format_shape(plan: dict[str, Any], config_name: str) -> str:
+    s = plan["shape"]
+    if s["gpus_per_node"]:
+        head = (f"{config_name} on {s['nodes']} node(s) × {s['gpus_per_node']} GPUs: world size {plan['world_size']}, "
+                f"ZeRO stage {plan['zero_stage']}, {plan['precision']}")
+    else:
+        head = (f"{config_name} on {s['nodes']} node(s), CPU only: world size {plan['world_size']} "
+                f"(distributed.num_workers), ZeRO stage {plan['zero_stage']}, {plan['precision']}")
+    lines = [head, format_plan(plan)]
+    m = plan["memory"]
+    if s["gpus_per_node"] and "error" not in m:
+        lines.append(f"fits: {_size(m['total_gib'])} per GPU of {s['gpu_memory_gib']:g} GiB "
+                     f"({USABLE_GPU_FRACTION:.0%} usable = {s['usable_gib']:.1f} GiB)")
+    return "\n".join(lines)
+
+
+def _counts_or_error(cfg: Config) -> dict[str, Any] | None:
     try:
-        counts = _param_counts(cfg)
+        return param_counts(cfg)
+    except TrixmedError:
+        return None   # estimate_memory reports it; the shape is still checked for divisibility
+
+
+def _shape_problem(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
+                   counts: dict[str, Any] | None) -> str | None:
+    """The first reason `cfg` cannot run on this shape, as `key: problem`, or None."""
+    run_cfg = shaped(cfg, nodes, gpus_per_node)
+    world = run_cfg.distributed.num_workers
+    try:
+        expert_parallel_groups(world, cfg.model.moe.num_experts, cfg.model.moe.ep_size)
+        batch_split(run_cfg)
+    except TrixmedError as exc:
+        return str(exc)
+    if gpus_per_node and counts is not None:
+        m = estimate_memory(run_cfg, counts)
+        usable = gpu_memory_gib * USABLE_GPU_FRACTION
+        if m["total_gib"] > usable:
+            return (f"memory: ≈ {m['total_gib']:.1f} GiB per GPU (model states {m['per_device_gib']:.1f} + activations "
+                    f"{m['activations']['gib']:.1f}) exceeds {usable:.1f} GiB usable of {gpu_memory_gib:g} GiB")
+    return None
+
+
+def _suggestion(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float, counts: dict[str, Any] | None) -> str:
+    """The shape with the fewest GPUs (then nodes) that divides and fits: nodes filled up to
+    `gpus_per_node`; a CPU job gets a worker count."""
+    if gpus_per_node <= 0:
+        for workers in range(1, 257):
+            trial = dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, num_workers=workers))
+            if _shape_problem(trial, nodes, 0, gpu_memory_gib, counts) is None:
+                return f"smallest that fits: distributed.num_workers={workers}"
+        return "no worker count up to 256 fits"
+    for total in range(1, MAX_SUGGESTED_NODES * gpus_per_node + 1):
+        if total <= gpus_per_node:
+            n, g = 1, total
+        elif total % gpus_per_node == 0:
+            n, g = total // gpus_per_node, gpus_per_node
+        else:
+            continue
+        if _shape_problem(cfg, n, g, gpu_memory_gib, counts) is None:
+            return f"smallest shape that fits: --nodes {n} --gpus-per-node {g}"
+    return f"no shape up to {MAX_SUGGESTED_NODES} nodes × {gpus_per_node} GPUs fits"
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+def estimate_memory(cfg: Config, counts: dict[str, Any] | None = None) -> dict[str, Any]:
+    try:
+        counts = counts or param_counts(cfg)
     except TrixmedError as exc:
         return {"error": str(exc)}
     d = cfg.distributed
     world = d.num_workers
     nodes = max(1, math.ceil(world / cfg.plan.gpus_per_node))
     per_node = min(world, cfg.plan.gpus_per_node)
-    trainable = counts["trainable"]
+    # with experts partitioned over ep_size ranks a rank holds 1/ep_size of the experts' LoRA
+    # weights (the partitioned optimizer states are spread over world/ep_size ranks instead of world:
+    # per rank the same share)
+    ep = cfg.model.moe.ep_size
+    trainable = counts["trainable"] - counts["expert_trainable"] + counts["expert_trainable"] // ep
     if d.zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
@@ -111,51 +265,80 @@ def estimate_memory(cfg: Config) -> dict[str, Any]:
         _, gpu = estimate_zero2_model_states_mem_needs(trainable, gpus, n, cpu_offload=False)
         estimator = "estimate_zero2_model_states_mem_needs" + (" (ZeRO-1 keeps full gradients: a lower bound)" if d.zero_stage == 1 else "")
         frozen = counts["frozen"] * _BYTES[d.precision]
-    gib = 1024**3
+    activations = estimate_activations(cfg, counts["arch"])
+    states = (frozen + gpu) / GIB
     return {
         "source": counts["source"],
-        "total_params": counts["frozen"] + trainable,
-        "trainable_params": trainable,
-        "frozen_gib": frozen / gib,
-        "trainable_gib": gpu / gib,
-        "per_device_gib": (frozen + gpu) / gib,
+        "total_params": counts["frozen"] + counts["trainable"],
+        "trainable_params": counts["trainable"],
+        "frozen_gib": frozen / GIB,
+        "trainable_gib": gpu / GIB,
+        "per_device_gib": states,
         "estimator": estimator,
+        "activations": activations,
+        "total_gib": states + activations["gib"],
     }
 
 
-def _param_counts(cfg: Config) -> dict[str, Any]:
-    """Frozen/trainable parameter counts of the experts phase, built on the meta device (no weights)."""
+def estimate_activations(cfg: Config, arch: dict[str, int]) -> dict[str, Any]:
+    """Activation memory of one experts-phase micro-batch, forward kept for backward.
+
+    Per layer and token a Llama-style block keeps about 8·h + 4·kv + 4·i values (norm inputs,
+    q/k/v, attention output with SDPA — no S² score matrix —, o_proj input, the MLP's gate, up and
+    product), and each MoE-LoRA linear adds its input, its E·r expert activations and its output
+    (`lora_values`). With gradient checkpointing only every layer's input (h per token) is kept,
+    plus one layer's full set while it is recomputed. A rough figure (in the manner of Korthikanti
+    et al. 2022), good for telling 10 GiB from 100 GiB, not 10 from 12.
+    """
+    h, kv, inter, layers = arch["hidden"], arch["kv"], arch["intermediate"], arch["layers"]
+    if cfg.model.backbone == "hf":
+        seq, checkpointing = cfg.model.hf.max_length, cfg.model.hf.gradient_checkpointing
+    else:
+        seq, checkpointing = cfg.model.codes.max_visits, False
+    micro = cfg.experts.micro_batch_size
+    per_layer = 8 * h + 4 * kv + 4 * inter + arch["lora_values"] / max(layers, 1)
+    tokens = micro * seq
+    values = tokens * (layers * h + per_layer) if checkpointing else tokens * layers * per_layer
+    values += tokens * h * 2   # the final hidden states and their fp32 copy for pooling
+    return {"gib": values * _BYTES[cfg.distributed.precision] / GIB, "micro_batch": micro, "sequence": seq,
+            "layers": layers, "checkpointing": checkpointing, "precision": cfg.distributed.precision}
+
+
+def param_counts(cfg: Config) -> dict[str, Any]:
+    """Frozen/trainable parameter counts and the block shape of the experts phase, built on the
+    meta device (no weights)."""
     import torch
 
+    experts = cfg.model.moe.num_experts if cfg.model.moe.router != "none" else 1
     if cfg.model.backbone == "hf":
         from transformers import AutoConfig, AutoModelForCausalLM
 
         candidates = [Path(cfg.model.hf.path) / "config.json"] if cfg.model.hf.path else []
         if cfg.plan.arch_config:
             candidates.append(Path(cfg.plan.arch_config))
-        arch = next((c for c in candidates if c.is_file()), None)
-        if arch is None:
+        arch_file = next((c for c in candidates if c.is_file()), None)
+        if arch_file is None:
             raise TrixmedError("model.hf.path", "model directory not on this machine; set plan.arch_config to its config.json")
         with torch.device("meta"):
-            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(arch)))
-        hidden = lm.config.hidden_size
+            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(arch_file)))
+        c = lm.config
+        hidden = c.hidden_size
         n_med = cfg.data.processing.top_med
         base = sum(p.numel() for p in lm.parameters())
         largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in lm.modules())
-        experts = cfg.model.moe.num_experts if cfg.model.moe.router != "none" else 1
-        lora = sum(
-            cfg.model.lora.rank * (m.in_features + m.out_features)
-            for name, m in lm.named_modules()
-            if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in cfg.model.lora.targets)
-        )
+        adapted = [m for name, m in lm.named_modules()
+                   if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in cfg.model.lora.targets)]
+        lora = sum(cfg.model.lora.rank * (m.in_features + m.out_features) for m in adapted)
         router = hidden * experts + experts if cfg.model.moe.router == "learned" else 0
         if cfg.model.moe.router == "triage":
             router = cfg.stratify.num_clusters * experts + experts
         trainable = lora * experts + hidden * n_med + n_med + router
-        return {"frozen": base, "trainable": trainable, "largest_layer": largest,
-                "largest_trainable": hidden * n_med, "source": f"architecture from {arch}, n_med≈{n_med}"}
-
-    import dataclasses
+        heads = c.num_attention_heads
+        arch = {"hidden": hidden, "layers": c.num_hidden_layers, "intermediate": c.intermediate_size,
+                "kv": getattr(c, "num_key_value_heads", heads) * (getattr(c, "head_dim", None) or hidden // heads),
+                "lora_values": sum(m.in_features + m.out_features + experts * cfg.model.lora.rank for m in adapted)}
+        return {"frozen": base, "trainable": trainable, "expert_trainable": lora * experts, "largest_layer": largest, "arch": arch,
+                "largest_trainable": hidden * n_med, "source": f"architecture from {arch_file}, n_med≈{n_med}"}
 
     from trixmed.data.dataset import Dataset, Vocab
     from trixmed.models import build_model
@@ -173,4 +356,11 @@ def _param_counts(cfg: Config) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return {"frozen": frozen, "trainable": trainable, "largest_layer": largest, "largest_trainable": largest, "source": source}
+    adapted = [m for m in model.modules() if hasattr(m, "base_layer") and isinstance(m.base_layer, torch.nn.Linear)]
+    d = cfg.model.codes.d_model
+    arch = {"hidden": d, "layers": cfg.model.codes.n_layers, "intermediate": 4 * d, "kv": d,
+            "lora_values": sum(m.base_layer.in_features + m.base_layer.out_features + experts * cfg.model.lora.rank
+                               for m in adapted)}
+    expert_trainable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and ".experts_" in name)
+    return {"frozen": frozen, "trainable": trainable, "expert_trainable": expert_trainable, "largest_layer": largest,
+            "largest_trainable": largest, "arch": arch, "source": source}

@@ -33,11 +33,23 @@ _STRATIFY_KEYS = tuple(f"stratify.{k}" for k in ("pca_components", "num_clusters
 
 
 @dataclass(frozen=True)
+class StageContext:
+    """What a stage body gets besides the config and the run directory."""
+
+    console: Console
+    # Ray Train callbacks for the training phases: a Tune trial passes the one that forwards each
+    # epoch's validation metrics to its scheduler
+    train_callbacks: tuple[Any, ...] = ()
+    # prefix of Ray Train run names, so a sweep's training runs are recognisable on the dashboard
+    run_prefix: str = ""
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     inputs: tuple[str, ...]       # stages whose outputs are read (their content is hashed)
     config_keys: tuple[str, ...]  # dotted config keys the result depends on
-    run: Callable[[Config, RunDir, Path, str, Console], dict[str, Any]]  # (cfg, run dir, staging dir, input hash, console) → summary
+    run: Callable[[Config, RunDir, Path, str, StageContext], dict[str, Any]]  # (cfg, run dir, staging dir, input hash, context) → summary
     reads_text: bool = False      # renders narratives (hf backbone): the `text` section matters too
 
     def keys(self, cfg: Config) -> tuple[str, ...]:
@@ -70,7 +82,7 @@ def input_hash(cfg: Config, rd: RunDir, stage: Stage) -> str:
 # Stage bodies
 
 
-def _prepare(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
+def _prepare(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset
     from trixmed.data.prepare import prepare
 
@@ -79,12 +91,12 @@ def _prepare(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> di
     return {k: ds.card.get(k) for k in ("patients", "visits") if k in ds.card}
 
 
-def _train(phase: str) -> Callable[[Config, RunDir, Path, str, Console], dict[str, Any]]:
-    def body(cfg: Config, rd: RunDir, out: Path, ihash: str, console: Console) -> dict[str, Any]:
+def _train(phase: str) -> Callable[[Config, RunDir, Path, str, StageContext], dict[str, Any]]:
+    def body(cfg: Config, rd: RunDir, out: Path, ihash: str, ctx: StageContext) -> dict[str, Any]:
         from trixmed.train.ray_fit import fit
 
-        name = f"{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].keys(cfg))])[:12]}"
-        history = fit(cfg, phase, out, run_name=name, console=console)
+        name = f"{ctx.run_prefix}{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].keys(cfg))])[:12]}"
+        history = fit(cfg, phase, out, run_name=name, console=ctx.console, callbacks=ctx.train_callbacks)
         epochs = history["epochs"]
         return {
             "best_val_jaccard": history["best_val_jaccard"],
@@ -98,14 +110,14 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str, Console], dict[st
     return body
 
 
-def _extract(cfg: Config, rd: RunDir, out: Path, ihash: str, console: Console) -> dict[str, Any]:
+def _extract(cfg: Config, rd: RunDir, out: Path, ihash: str, ctx: StageContext) -> dict[str, Any]:
     from trixmed.pipeline.extract import extract_features
 
     key = hash_json([ihash, config_hash(cfg, STAGES["extract"].keys(cfg))])[:12]
-    return extract_features(cfg, rd, out, rd.partial(f"extract-{key}"), console)
+    return extract_features(cfg, rd, out, rd.partial(f"extract-{key}"), ctx.console)
 
 
-def _stratify(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
+def _stratify(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> dict[str, Any]:
     import pandas as pd
 
     from trixmed.cluster import cluster_profiles, fit_clusters_distributed, format_profiles
@@ -128,12 +140,12 @@ def _stratify(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> d
     profiles = cluster_profiles(Dataset(rd.dataset), dict(zip(assignments["visit_key"], assignments["cluster"])),
                                 transform.num_clusters, top=s.profile_top)
     write_json(out / rd.cluster_profile.name, profiles)
-    console.line(format_profiles(profiles))
+    ctx.console.line(format_profiles(profiles))
     sizes = [c["size"] for c in profiles["clusters"]]
     return {"num_clusters": transform.num_clusters, "train_cluster_sizes": sizes, "inertia": round(transform.inertia, 4)}
 
 
-def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, console: Console) -> dict[str, Any]:
+def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset
     from trixmed.eval.evaluate import evaluate_predictions, format_table
     from trixmed.eval.metrics import choose_threshold
@@ -194,9 +206,11 @@ def check_dataset_fits(cfg: Config, rd: RunDir) -> None:
                            f"training samples; {rd.dataset} has {train}")
 
 
-def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console | None = None) -> StageResult:
+def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console | None = None,
+              train_callbacks: tuple[Any, ...] = (), run_prefix: str = "") -> StageResult:
     """Run one stage over `cfg.run_dir` unless it is already complete for these inputs and config."""
     console = console or Console()
+    ctx = StageContext(console, train_callbacks, run_prefix)
     stage = STAGES[name]
     rd = RunDir(cfg.run_dir)
     output = rd.stage_dir(name)
@@ -211,10 +225,10 @@ def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console |
     console.line(f"[{name}] running → {output}")
     t0 = time.perf_counter()
     if name == "prepare":
-        summary = stage.run(cfg, rd, output, ihash, console)
+        summary = stage.run(cfg, rd, output, ihash, ctx)
     else:
         with atomic_dir(output) as tmp:
-            summary = stage.run(cfg, rd, tmp, ihash, console)
+            summary = stage.run(cfg, rd, tmp, ihash, ctx)
     wall = time.perf_counter() - t0
     rd.mark_complete(name, ihash, chash, wall, summary=summary)
     console.line(f"[{name}] done in {wall:.1f} s")

@@ -77,14 +77,17 @@ def patient_map(xy: np.ndarray, labels: np.ndarray, num_clusters: int, method: s
 
 
 def heatmap(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str, xticks: list[str], yticks: list[str],
-            cmap: str = "viridis", fmt: str = "{:.2f}", mark: np.ndarray | None = None) -> Any:
-    """An annotated heatmap (NaN cells blank); `mark`: a boolean mask of cells outlined in black."""
+            cmap: str = "viridis", fmt: str = "{:.2f}", mark: np.ndarray | None = None,
+            notes: list[list[str]] | None = None) -> Any:
+    """An annotated heatmap (NaN cells blank); `mark`: a boolean mask of cells outlined in black;
+    `notes`: text for the NaN cells (e.g. why a sweep cell has no score), drawn uncoloured."""
     plt = _plt()
     rows, cols = matrix.shape
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * cols + 2.5), max(3.5, 0.55 * rows + 1.8)))
     masked = np.ma.masked_invalid(matrix)
     im = ax.imshow(masked, cmap=cmap, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if np.isfinite(matrix).any():   # a scale for nothing would be matplotlib's arbitrary 0…1
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     for i in range(rows):
         for j in range(cols):
             v = matrix[i, j]
@@ -93,6 +96,8 @@ def heatmap(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str, xticks:
                 dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.5
                 ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8 if cols > 8 else 9,
                         color="white" if dark else "black")
+            elif notes is not None and notes[i][j]:
+                ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=8, color="#52606d", style="italic")
             if mark is not None and mark[i, j]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=2))
     ax.set_xticks(range(cols), xticks)
@@ -162,21 +167,92 @@ def chapter_composition(shares: np.ndarray, names: list[str]) -> Any:
 
 def per_cluster_bars(values: dict[str, list[float]], overall: dict[str, float]) -> Any:
     """Grouped bars of a few metrics per cluster, the whole split's value as a dashed line."""
+    k = len(next(iter(values.values())))
+    return grouped_bars(values, [str(i) for i in range(k)], xlabel="cluster (test visits)",
+                        title="accuracy per cluster (dashed: whole test split)", overall=overall)
+
+
+def grouped_bars(values: dict[str, list[float]], xticks: list[str], *, xlabel: str, title: str,
+                 overall: dict[str, float] | None = None, notes: list[str] | None = None) -> Any:
+    """Grouped bars of a few metrics (0…1) per group; NaN draws no bar. `overall`: a dashed line per
+    metric; `notes`: text at the foot of a group (e.g. why a sweep value has no score)."""
     plt = _plt()
     names = list(values)
-    k = len(next(iter(values.values())))
+    k = len(xticks)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * k + 3), 3.6))
     width = 0.8 / len(names)
     colors = ["#2563eb", "#059669", "#d97706", "#7c3aed"]
     for j, name in enumerate(names):
         x = np.arange(k) - 0.4 + width * (j + 0.5)
         ax.bar(x, np.nan_to_num(values[name]), width=width, color=colors[j % 4], label=name)
-        ax.axhline(overall[name], color=colors[j % 4], ls="--", lw=1)
-    ax.set_xticks(range(k), [str(i) for i in range(k)])
-    ax.set_xlabel("cluster (test visits)")
+        if overall is not None:
+            ax.axhline(overall[name], color=colors[j % 4], ls="--", lw=1)
+    for i, note in enumerate(notes or []):
+        if note:
+            ax.text(i, 0.02, note, ha="center", va="bottom", fontsize=8, color="#52606d", style="italic")
+    ax.set_xticks(range(k), xticks)
+    ax.set_xlabel(xlabel)
     ax.set_ylim(0, 1)
-    ax.set_title("accuracy per cluster (dashed: whole test split)", fontsize=11)
+    ax.set_title(title, fontsize=11)
     ax.legend(fontsize=8, ncols=len(names))
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_scatter(x: list[Any], scored: list[float | None], unscored: list[float | None], *, xlabel: str, log_x: bool,
+                  best: int | None) -> Any:
+    """Validation Jaccard of each trial against one sampled parameter: `scored` (filled, at the tuned
+    threshold) where a trial completed, `unscored` (hollow, best epoch at the fixed threshold) for a
+    trial stopped early; None draws nothing. `best`: the index starred."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for ys, style in ((scored, {"color": "#2563eb", "label": "completed: val Jaccard, tuned threshold"}),
+                      (unscored, {"facecolors": "none", "edgecolors": "#9aa5b1",
+                                  "label": "stopped early: best epoch's val Jaccard, fixed threshold"})):
+        pts = [(xi, yi) for xi, yi in zip(x, ys) if yi is not None]
+        if pts:
+            ax.scatter(*zip(*pts), s=40, **style)
+    if best is not None:
+        ax.plot([x[best]], [scored[best]], "*", ms=16, color="#d97706", mec="black", label="best")
+    if log_x:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())   # labelled minor ticks overlap within a decade
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation Jaccard")
+    ax.set_title(f"validation Jaccard vs {xlabel}", fontsize=11)
+    ax.grid(alpha=0.3)
+    if ax.collections or ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trial_curves(curves: list[tuple[str, list[dict[str, Any]], bool]]) -> Any:
+    """Per trial (label, [{"epoch", "train_loss", "val_jaccard"}, ...], stopped early): validation
+    Jaccard and mean training loss per epoch (None: a gap); a trial stopped early is dashed and ends
+    in a cross."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, (label, points, stopped) in enumerate(curves):
+        x = [p["epoch"] for p in points]
+        for ax, key in ((axes[0], "val_jaccard"), (axes[1], "train_loss")):
+            y = [np.nan if p[key] is None else p[key] for p in points]
+            ax.plot(x, y, "--" if stopped else "-", marker="o", ms=4, color=colors(i % 10), label=label)
+            if stopped:
+                ax.plot(x[-1:], y[-1:], "X", ms=9, color=colors(i % 10))
+    for ax, title, ylabel in ((axes[0], "validation Jaccard per epoch (fixed threshold)", "Jaccard"),
+                              (axes[1], "mean training loss per epoch", "training loss")):
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return fig

@@ -9,6 +9,7 @@ Rank 0's progress reaches the console through `<run_dir>/logs/<phase>-progress.j
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,14 @@ from trixmed.run_dir import HISTORY_FILE, RunDir
 from trixmed.train.ray_session import ensure_ray, workers_log_dir
 
 
-def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None) -> dict[str, Any]:
+class TrainingStopped(Exception):
+    """A phase ended early because its run directory's stop request appeared (not an error)."""
+
+
+def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None,
+        callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train `phase` ("warmup" | "experts") on Ray workers; rank 0 writes `out_dir/model` and
-    `out_dir/history.json`. Returns the history."""
+    `out_dir/history.json`. `callbacks` are Ray Train callbacks (a Tune trial's reporter). Returns the history."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -38,6 +44,7 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
         "out_dir": str(Path(out_dir).resolve()),
         "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
         "progress": str(rd.progress(phase)),
+        "stop_file": str(rd.stop_request),
         "fail_marker": str(rd.ray_storage / "fail_hook_fired"),
     }
     resources = {"GPU": 1, "CPU": d.cpus_per_worker} if d.use_gpu else {"CPU": d.cpus_per_worker}
@@ -50,11 +57,16 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
             storage_path=str(rd.ray_storage),
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=list(callbacks),
         ),
     )
+    # a stop request applies to the run in progress, not to the next one (a resumed job's)
+    rd.stop_request.unlink(missing_ok=True)
     with ProgressFollower(rd.progress(phase), console or Console()):
         trainer.fit()
     history_path = Path(out_dir) / HISTORY_FILE
+    if not history_path.is_file() and rd.stop_request.exists():
+        raise TrainingStopped(f"{phase}: stopped on request ({rd.stop_request}); running it again resumes it")
     if not history_path.is_file():
         raise RuntimeError(f"{history_path}: {phase} training finished without writing its history")
     return json.loads(history_path.read_text())

@@ -80,6 +80,8 @@ def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     _session.dashboard_url = context.dashboard_url or None
     session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     link = logs / "ray-session"
+    if link.is_symlink() and not link.exists():
+        link.unlink()   # an earlier session's, whose temp dir is gone (a requeued SLURM job, a cleaned /tmp)
     if not link.exists() and session_logs.is_dir():
         link.symlink_to(session_logs, target_is_directory=True)
 

@@ -12,7 +12,7 @@
 expert parallelism are the strategy's business (`deepspeed_strategy.py`), the model knows
 nothing of them. `spec` is plain data built by `ray_fit.fit`: config (dict), phase, run_dir,
 out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (the
-progress file rank 0 appends to), fail_marker.
+progress file rank 0 appends to), stop_file (`RunDir.stop_request`), fail_marker.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from trixmed.config import Config, PhaseConfig, from_dict
+from trixmed.console import redirect_output
 from trixmed.data.dataset import Dataset, Sample
 from trixmed.run_dir import HISTORY_FILE, MODEL_DIR, RunDir
 from trixmed.train.deepspeed_config import grad_accumulation_steps
@@ -95,7 +95,7 @@ class Trainer:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         if self.spec.get("log_dir"):
-            _redirect_output(Path(self.spec["log_dir"]) / f"{self.phase}-rank{self.rank}.log")
+            redirect_output(Path(self.spec["log_dir"]) / f"{self.phase}-rank{self.rank}.log")
         self.strategy.setup_distributed(self.rank, self.world, ctx.get_local_rank())
         self.progress = ProgressReporter(self.spec.get("progress") if self.rank == 0 else None)
 
@@ -139,14 +139,25 @@ class Trainer:
         self.setup()
         for epoch in self.epochs():
             step_losses, train_s = self.train_epoch(epoch)
+            t0 = time.perf_counter()
             val_jaccard = self.validate()
-            record = self.end_epoch(epoch, step_losses, train_s, val_jaccard)
+            record = self.end_epoch(epoch, step_losses, train_s, val_jaccard, time.perf_counter() - t0)
             self.save_checkpoint(record)
+            if self.stop_requested():
+                self.progress.event("message", text=f"[{self.phase}] stop requested: ends after epoch {epoch + 1}, "
+                                                    "resumable from its checkpoint")
+                return   # unexported: the stage stays incomplete and resumes when run again
             if self.state["stopped"]:
                 self.progress.event("message", text=f"[{self.phase}] early stop: no validation gain for "
                                                     f"{self.state['bad_epochs']} epochs")
                 break
         self.export()
+
+    def stop_requested(self) -> bool:
+        """Whether the run directory's stop request exists, agreed by every rank (one collective)."""
+        path = self.spec.get("stop_file")
+        seen = 1.0 if path and Path(path).exists() else 0.0
+        return self.strategy.all_reduce_sum([seen])[0] > 0
 
     def epochs(self) -> range:
         return range(self.state["epoch"], 0 if self.state["stopped"] else self.pcfg.epochs)
@@ -206,7 +217,8 @@ class Trainer:
         self.engine.train()
         return float(np.mean(multilabel_metrics(y_true, y_pred, None, self.ds.ddi)["jaccard"]))
 
-    def end_epoch(self, epoch: int, step_losses: list[float], train_s: float, val_jaccard: float) -> dict[str, Any]:
+    def end_epoch(self, epoch: int, step_losses: list[float], train_s: float, val_jaccard: float,
+                  val_s: float) -> dict[str, Any]:
         """Book-keeping after an epoch: best weights, early stopping, TensorBoard, the console line."""
         state, phase = self.state, self.phase
         record = {
@@ -217,6 +229,7 @@ class Trainer:
             "lr": float(self.engine.get_lr()[0]),
             "samples_per_s": len(step_losses) * self.pcfg.effective_batch_size / train_s,
             "train_s": train_s,
+            "val_s": val_s,
         }
         # without validation visits the last epoch is kept and early stopping is off
         improved = not self.val_samples or val_jaccard > state["best_jaccard"]
@@ -287,14 +300,3 @@ class Trainer:
         print(f"[test hook] rank {self.rank} exits at step {step} (test_hooks.fail_at_step)", flush=True)
         os._exit(1)
 
-
-def _redirect_output(path: Path) -> None:
-    """Send this worker process's stdout and stderr (Python's and C++'s: DeepSpeed, gloo, torch
-    warnings) to `path`; the console shows what rank 0 reports through its progress file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)

@@ -1,0 +1,201 @@
+"""Submit trixmed's SLURM jobs from Python with submitit: the same jobs as `sbatch slurm/*.sbatch`.
+
+    import launch
+    job = launch.submit("run", ["--config", "configs/demo_cpu.yaml"], nodes=2)
+    print(job.result())          # {"returncode": 0, "log_dir": ..., "run_dir": ...}
+
+    python -m launch run --config configs/demo_cpu.yaml --nodes 2 --wait      (the same from a shell)
+
+The same job: the function submitit runs on the job's first node is slurm/job.sh itself (plan,
+Ray head + srun workers, trixmed, shutdown), and the resources default to the `#SBATCH` lines of
+slurm/train.sbatch or slurm/tune.sbatch, so a change to a template changes both ways of submitting.
+Preemption goes through submitit's own mechanism instead of job.sh's: submitit signals the job
+(USR2, `signal_delay_s` before the limit), `TrixmedJob.checkpoint` stops job.sh cleanly (USR1
+with TRIXMED_REQUEUE=0: trixmed stopped, Ray steps ended, no `scontrol requeue` of its own) and
+hands submitit the same call to requeue; the next attempt resumes from trixmed's checkpoints.
+
+`executor="local"` runs the job on this machine without SLURM (submitit's LocalExecutor): the
+plan, then trixmed with a local Ray, as `trixmed run` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_DIR = REPO / "slurm"
+TEMPLATES = {"run": SLURM_DIR / "train.sbatch", "tune": SLURM_DIR / "tune.sbatch"}
+
+
+def sbatch_resources(command: str) -> dict[str, str]:
+    """The `#SBATCH --key=value` lines of the command's template, as {key: value}."""
+    if command not in TEMPLATES:
+        raise ValueError(f"command must be one of {', '.join(TEMPLATES)}, got {command!r}")
+    found: dict[str, str] = {}
+    for line in TEMPLATES[command].read_text().splitlines():
+        m = re.match(r"#SBATCH\s+--([\w-]+)(?:=(\S+))?", line)
+        if m:
+            found[m.group(1)] = m.group(2) or ""
+    return found
+
+
+def minutes(value: str) -> int:
+    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) → whole minutes."""
+    days, _, rest = value.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+        return int(days) * 1440 + h * 60 + m + (1 if s else 0)
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0] + (1 if parts[1] else 0)
+    return parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
+
+
+class TrixmedJob:
+    """What submitit runs: slurm/job.sh on the job's first node (SLURM), or plan + trixmed (local).
+
+    Checkpointable in submitit's sense (it has `checkpoint`): on submitit's preemption signal the
+    running job.sh is stopped and the same call is returned for requeueing."""
+
+    def __init__(self, command: str, args: list[str], env: dict[str, str] | None = None):
+        self.command = command
+        self.args = list(args)
+        self.env = dict(env or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}   # a process does not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._proc = None
+
+    def __call__(self) -> dict[str, Any]:
+        in_slurm = "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        if in_slurm and int(os.environ.get("SLURM_PROCID", "0")) != 0:
+            return {"rank": int(os.environ["SLURM_PROCID"])}   # job.sh starts the other nodes' Ray itself
+        env = {**os.environ, **self.env, "TRIXMED_PYTHON": sys.executable}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        if in_slurm:
+            # submitit owns the requeue; job.sh only stops cleanly on USR1
+            env["TRIXMED_REQUEUE"] = "0"
+            cmd = ["bash", str(SLURM_DIR / "job.sh"), self.command, *self.args]
+            log_dir = Path(env.get("TRIXMED_LOG_ROOT") or Path(env.get("SLURM_SUBMIT_DIR", os.getcwd())) / "logs") \
+                / f"{env.get('SLURM_JOB_NAME', 'trixmed')}-{env['SLURM_JOB_ID']}"
+        else:
+            plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", "--nodes", "1", "--gpus-per-node", "0",
+                                   *_plan_args(self.args)], env=env, cwd=REPO, capture_output=True, text=True)
+            print(plan.stdout + plan.stderr, flush=True)
+            if plan.returncode:
+                raise RuntimeError(f"trixmed plan refused the job: {plan.stderr.strip()}")
+            cmd = [sys.executable, "-m", "trixmed.cli", self.command, *self.args]
+            log_dir = None
+        self._proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+        rc = self._proc.wait()
+        self._proc = None
+        result = {"command": self.command, "returncode": rc, "log_dir": str(log_dir) if log_dir else None,
+                  "run_dir": _run_dir(self.args)}
+        if rc != 0:
+            tail = ""
+            if log_dir and (log_dir / "job.log").is_file():
+                tail = "\n".join((log_dir / "job.log").read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"trixmed {self.command} exited with status {rc}" + (f"; job.log ends:\n{tail}" if tail else ""))
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's preemption hook: stop job.sh (it stops trixmed and Ray, keeps the checkpoint)
+        and give submitit this same call to requeue."""
+        import submitit
+
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return submitit.helpers.DelayedSubmission(TrixmedJob(self.command, self.args, self.env))
+
+
+def _split(args: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(--config, --run-dir, key=value overrides) of a run/tune command line; the rest (tune's
+    SPACE, --force …) is left out."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    parser.add_argument("--run-dir")
+    known, rest = parser.parse_known_args(args)
+    return known.config, known.run_dir, [a for a in rest if "=" in a and not a.startswith("-")]
+
+
+def _plan_args(args: list[str]) -> list[str]:
+    """The part of a run/tune command line that `trixmed plan` takes."""
+    config, run_dir, overrides = _split(args)
+    return [*(["--config", config] if config else []), *(["--run-dir", run_dir] if run_dir else []), *overrides]
+
+
+def _run_dir(args: list[str]) -> str | None:
+    """The run directory the command uses (config + overrides + --run-dir), for the job's result."""
+    from trixmed.config import load_config
+    from trixmed.errors import TrixmedError
+
+    config, run_dir, overrides = _split(args)
+    try:
+        return str(Path(run_dir or load_config(config, overrides).run_dir).resolve())
+    except TrixmedError:   # the job itself reports a bad config in one line; the result just lacks the path
+        return None
+
+
+def submit(command: str, args: list[str], *, executor: str = "slurm", folder: str | Path | None = None,
+           nodes: int | None = None, gpus_per_node: int | None = None, cpus_per_task: int | None = None,
+           time_min: int | None = None, partition: str | None = None, account: str | None = None,
+           job_name: str | None = None, env: dict[str, str] | None = None,
+           additional: dict[str, Any] | None = None) -> Any:
+    """Submit `trixmed COMMAND ARGS` as the template's job; returns the submitit Job.
+
+    Resources not given come from the template's `#SBATCH` lines; `additional` is passed to sbatch
+    as is (e.g. {"mem": "0", "constraint": "a100"})."""
+    import submitit
+
+    res = sbatch_resources(command)
+    folder = Path(folder or REPO / "logs" / "submitit")
+    if executor not in ("slurm", "local"):
+        raise ValueError(f"executor must be slurm or local, got {executor!r}")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise RuntimeError("SLURM is not available here (no sbatch on PATH): use executor='local'")
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=executor)
+    if executor == "slurm":
+        signal_spec = res.get("signal", "B:USR1@300")
+        delay = int(signal_spec.rsplit("@", 1)[1]) if "@" in signal_spec else 300
+        extra: dict[str, Any] = {"requeue": True, "chdir": str(REPO)}
+        if partition:
+            extra["partition"] = partition
+        if account:
+            extra["account"] = account
+        extra.update(additional or {})
+        params: dict[str, Any] = dict(
+            nodes=nodes or int(res.get("nodes", 1)),
+            tasks_per_node=int(res.get("ntasks-per-node", 1)),
+            cpus_per_task=cpus_per_task or int(res.get("cpus-per-task", 1)),
+            timeout_min=time_min or minutes(res.get("time", "60")),
+            name=job_name or res.get("job-name", f"trixmed-{command}"),
+            slurm_signal_delay_s=delay,
+            slurm_additional_parameters=extra,
+        )
+        gpus = gpus_per_node if gpus_per_node is not None else int(res.get("gpus-per-node", 0) or 0)
+        if gpus:
+            params["gpus_per_node"] = gpus
+        ex.update_parameters(**params)
+    else:
+        ex.update_parameters(timeout_min=time_min or minutes(res.get("time", "60")),
+                             name=job_name or res.get("job-name", f"trixmed-{command}"))
+    return ex.submit(TrixmedJob(command, args, env))

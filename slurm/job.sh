@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# job.sh run|tune [trixmed arguments] — the body of every trixmed SLURM job: slurm/train.sbatch and
+# slurm/tune.sbatch exec it, and launch/ (submitit) runs it on the job's first node.
+#
+#   1. `trixmed plan` for the allocation's shape; a refusal ends the job before Ray starts
+#   2. a Ray head on this (the first) node and one Ray worker per other node, each an srun step
+#      (ray-node.sh), with explicit node IPs and per-job ports
+#   3. `trixmed run|tune …` as a driver of that cluster ($RAY_ADDRESS)
+#   4. the Ray steps are ended (never `ray stop`: that would end other jobs' Ray on shared nodes)
+#
+# Signals. SIGUSR1 (`#SBATCH --signal=B:USR1@T`, or `scancel --batch --signal=USR1`) means
+# "the time is nearly up": trixmed is stopped with SIGINT (its per-epoch checkpoints are already in
+# <run_dir>/.ray), Ray is stopped, and the job requeues itself with `scontrol requeue`; the next
+# attempt skips completed stages and resumes the phase from its last checkpoint. SIGTERM (scancel,
+# the time limit itself) stops the same way without requeueing. TRIXMED_REQUEUE=0 leaves the
+# requeue to the caller (launch/ does it through submitit).
+#
+# Environment (all optional): TRIXMED_VENV (a venv to activate), TRIXMED_LOG_ROOT (default
+# $SLURM_SUBMIT_DIR/logs), TRIXMED_NODE_IFACE (the network interface Ray should use, e.g. ib0),
+# TRIXMED_RAY_DASHBOARD=true, TRIXMED_RAY_OBJECT_STORE_MB, TRIXMED_RAY_TMP_ROOT (default /tmp),
+# TRIXMED_STOP_GRACE (seconds trixmed gets to stop on a signal, default 60), TRIXMED_REQUEUE.
+set -uo pipefail
+# Everything below is one brace group, read whole before it runs: bash reads a script as it
+# goes, so editing this file (a git pull) while jobs run from it would otherwise change them mid-way.
+{
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=slurm/lib.sh
+source "$here/lib.sh"
+# Under submitit the preemption signal (USR2) goes to every process of every step of the job;
+# submitit's own process acts on it (launch/), so this script and what it starts ignore it.
+trap '' USR2
+
+[ -n "${SLURM_JOB_ID:-}" ] || tdie "job.sh runs inside a SLURM job: sbatch slurm/train.sbatch --config C (see docs/cluster.md)"
+command=${1:-}
+case $command in run|tune) shift ;; *) tdie "usage: job.sh run|tune [trixmed arguments], got '${command}'" ;; esac
+
+if [ -n "${TRIXMED_VENV:-}" ]; then
+  # shellcheck source=/dev/null
+  source "$TRIXMED_VENV/bin/activate" || tdie "TRIXMED_VENV=$TRIXMED_VENV: cannot activate"
+fi
+TRIXMED=${TRIXMED:-trixmed}
+export TRIXMED_PYTHON=${TRIXMED_PYTHON:-python} TRIXMED_RAY=${TRIXMED_RAY:-ray}
+command -v "$TRIXMED" >/dev/null || tdie "'$TRIXMED' is not on PATH: activate the venv before sbatch or set TRIXMED_VENV"
+
+# --- one log directory per job (a requeued job keeps its id, so its attempts share it) ---------
+export TRIXMED_LOG_DIR=${TRIXMED_LOG_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}/logs}/${SLURM_JOB_NAME:-trixmed}-$SLURM_JOB_ID
+mkdir -p "$TRIXMED_LOG_DIR" || tdie "cannot create the log directory $TRIXMED_LOG_DIR"
+echo "trixmed job $SLURM_JOB_ID: logs in $TRIXMED_LOG_DIR"
+slurm_out=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *StdOut=//p')
+if [ -n "$slurm_out" ] && [ "$(dirname "$slurm_out")" != "$TRIXMED_LOG_DIR" ]; then
+  ln -sfn "$slurm_out" "$TRIXMED_LOG_DIR/slurm.out"   # SLURM's own file, seen from the job's folder
+fi
+exec >>"$TRIXMED_LOG_DIR/job.log" 2>&1
+# mark EVENT: the job's timeline (unix times, one JSON line each), for benchmarks/slurm.py and for
+# telling where a slow job spent its time
+mark() { printf '{"event": "%s", "t": %s, "attempt": %s}\n' "$1" "$(date +%s.%N)" "$attempt" >> "$TRIXMED_LOG_DIR/timeline.jsonl"; }
+
+attempt=$(( ${SLURM_RESTART_COUNT:-0} + 1 ))
+mark job_start
+nodes=()
+while IFS= read -r n; do nodes+=("$n"); done < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+head_node=${SLURMD_NODENAME:-${nodes[0]}}
+workers=()
+for n in "${nodes[@]}"; do [ "$n" = "$head_node" ] || workers+=("$n"); done
+gpn=$(gpu_count)
+tlog "job $SLURM_JOB_ID ($SLURM_JOB_NAME) attempt $attempt on ${nodes[*]}: ${#nodes[@]} node(s), ${SLURM_CPUS_ON_NODE:-?} CPUs and $gpn GPUs per node"
+tlog "trixmed $command $*"
+
+# --- stopping: from here on a signal finds whatever has been started so far and ends it ----------
+ray_steps=()
+stop_ray() {
+  # End the job's own Ray steps: SIGTERM to each step's processes through slurmstepd (killing the
+  # local srun instead would make SLURM SIGKILL the step before ray-node.sh keeps the logs), then
+  # wait for the steps to finish; SLURM's KillWait bounds that, the final KILL is a fallback.
+  local p s
+  for s in $(squeue -h -s -j "$SLURM_JOB_ID" -o "%i %j" 2>/dev/null | awk '$2 ~ /^trixmed-ray-/ {print $1}'); do
+    scancel --signal=TERM "$s" 2>/dev/null
+  done
+  for _ in $(seq 1 300); do
+    local any=0
+    for p in "${ray_steps[@]}"; do kill -0 "$p" 2>/dev/null && any=1; done
+    [ $any = 0 ] && break; sleep 0.2
+  done
+  for p in "${ray_steps[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  wait "${ray_steps[@]}" 2>/dev/null
+  ray_steps=()
+}
+
+trixmed_pid=""
+# stop_trixmed: SIGINT first (Python unwinds, the driver disconnects and Ray ends its actors), then TERM
+stop_trixmed() {
+  [ -n "$trixmed_pid" ] || return 0
+  local sig grace
+  for sig in INT TERM KILL; do
+    kill -0 "$trixmed_pid" 2>/dev/null || break
+    kill -"$sig" "$trixmed_pid" 2>/dev/null
+    grace=$([ $sig = INT ] && echo "${TRIXMED_STOP_GRACE:-60}" || echo 15)
+    for _ in $(seq 1 $((grace * 5))); do kill -0 "$trixmed_pid" 2>/dev/null || break; sleep 0.2; done
+  done
+  wait "$trixmed_pid" 2>/dev/null
+  trixmed_pid=""
+}
+
+on_signal() {
+  trap '' USR1 TERM INT
+  tlog "SIG$1 received: stopping trixmed (its last epoch checkpoint stays in the run directory)"
+  stop_trixmed
+  stop_ray
+  if [ "$1" = USR1 ] && [ "${TRIXMED_REQUEUE:-1}" != 0 ]; then
+    tlog "requeueing job $SLURM_JOB_ID: attempt $((attempt + 1)) resumes from the checkpoint"
+    mark requeue
+    scontrol requeue "$SLURM_JOB_ID" || tlog "scontrol requeue failed: resubmit the same command to resume"
+  fi
+  mark job_end
+  exit 143
+}
+trap 'on_signal USR1' USR1
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
+
+# --- resources from the allocation ----------------------------------------------------------------
+# Ray gets each node's allocated CPUs/GPUs (ray-node.sh). With GPUs, training uses them all: one
+# worker per GPU. An override the user gave on the command line wins over a derived one.
+derived=()
+if [ "$gpn" -gt 0 ]; then
+  derived+=(distributed.use_gpu=true plan.gpus_per_node="$gpn")
+  [ "$command" = run ] && derived+=(distributed.num_workers=$(( ${#nodes[@]} * gpn )))
+fi
+user_sets() { local a; for a in "${user_args[@]}"; do [[ $a == "$1="* ]] && return 0; done; return 1; }
+user_args=("$@")
+extra=()
+for kv in "${derived[@]}"; do user_sets "${kv%%=*}" || extra+=("$kv"); done
+
+# --- 1. the plan: refuse early, before any Ray process exists -------------------------------------
+plan_args=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --config|--run-dir) plan_args+=("$1" "${2:-}"); shift 2 ;;
+    --config=*|--run-dir=*) plan_args+=("$1"); shift ;;
+    -*) shift ;;                               # run/tune-only flags (--force, --dashboard …)
+    *=*) plan_args+=("$1"); shift ;;           # key=value overrides
+    *) shift ;;                                # tune's search-space file
+  esac
+done
+set -- "${user_args[@]}"
+if ! "$TRIXMED" plan --nodes "${#nodes[@]}" --gpus-per-node "$gpn" "${plan_args[@]}" "${extra[@]}"; then
+  tlog "trixmed plan refused this job's shape: not starting Ray"
+  mark job_end
+  exit 2
+fi
+mark plan_done
+
+# --- 2. the Ray cluster -----------------------------------------------------------------------------
+head_ip=$(node_ip "$head_node")
+base=$(job_port_base)
+TRIXMED_RAY_PORT=$(free_port "$base")
+TRIXMED_RAY_CLIENT_PORT=$(free_port $((TRIXMED_RAY_PORT + 1)))
+TRIXMED_RAY_DASHBOARD_PORT=$(free_port $((TRIXMED_RAY_CLIENT_PORT + 1)))
+TRIXMED_RAY_AGENT_PORT=$((TRIXMED_RAY_DASHBOARD_PORT + 1))
+export TRIXMED_RAY_HEAD_IP=$head_ip TRIXMED_RAY_PORT TRIXMED_RAY_CLIENT_PORT TRIXMED_RAY_DASHBOARD_PORT TRIXMED_RAY_AGENT_PORT
+export RAY_ADDRESS=$head_ip:$TRIXMED_RAY_PORT RAY_USAGE_STATS_ENABLED=0
+# On SIGTERM Ray 2.60 first asks the GCS to drain the node, for up to 30 s; at the end of a job the
+# GCS is stopping too, so that wait only delays the shutdown: skip it
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
+# Ray 2.60 authenticates clients with a token; one per job (inherited by the steps and the driver)
+# keeps other users on a shared node out of this job's cluster
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+  RAY_AUTH_TOKEN=$("$TRIXMED_PYTHON" -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN
+fi
+tlog "Ray head $RAY_ADDRESS on $head_node (client port $TRIXMED_RAY_CLIENT_PORT, dashboard port $TRIXMED_RAY_DASHBOARD_PORT)"
+
+# the Ray steps ask for the node's GPUs explicitly (a step's default share of the job's GRES has
+# changed between SLURM releases); --overlap lets them share CPUs, memory and GPUs with the batch step
+step_gres=()
+[ "$gpn" -gt 0 ] && step_gres=(--gres="gpu:$gpn")
+t_cluster=$(date +%s.%N)
+srun --overlap -N1 -n1 -w "$head_node" "${step_gres[@]}" --job-name=trixmed-ray-head --output="$TRIXMED_LOG_DIR/ray-head-$head_node.log" \
+  bash "$here/ray-node.sh" head 0 &
+ray_steps+=($!)
+# the GCS must listen before workers join (they would retry, but a fast failure reads better)
+for _ in $(seq 1 600); do
+  (exec 3<>"/dev/tcp/$head_ip/$TRIXMED_RAY_PORT") 2>/dev/null && break
+  kill -0 "${ray_steps[0]}" 2>/dev/null || { tlog "the Ray head step ended: see ray-head-$head_node.log"; stop_ray; exit 1; }
+  sleep 0.2
+done
+k=0
+for n in "${workers[@]}"; do
+  k=$((k + 1))
+  srun --overlap -N1 -n1 -w "$n" "${step_gres[@]}" --job-name=trixmed-ray-worker --output="$TRIXMED_LOG_DIR/ray-worker-$n.log" \
+    bash "$here/ray-node.sh" worker "$k" &
+  ray_steps+=($!)
+done
+if ! "$TRIXMED_PYTHON" "$here/ray_cluster.py" wait --nodes "${#nodes[@]}" --timeout "${TRIXMED_RAY_JOIN_TIMEOUT:-180}" \
+    --out "$TRIXMED_LOG_DIR/nodes.json"; then
+  stop_ray; exit 1
+fi
+mark ray_up
+tlog "Ray cluster up in $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t_cluster}") s"
+
+# --- 3. trixmed ----------------------------------------------------------------------------------
+mark trixmed_start
+"$TRIXMED" "$command" "$@" "${extra[@]}" &
+trixmed_pid=$!
+wait "$trixmed_pid"
+rc=$?
+trixmed_pid=""
+mark trixmed_end
+tlog "trixmed $command exited with status $rc"
+"$TRIXMED_PYTHON" "$here/ray_cluster.py" placement --out "$TRIXMED_LOG_DIR/placement.json" \
+  || tlog "could not read where the actors ran"
+
+# --- 4. shutdown ----------------------------------------------------------------------------------
+trap '' USR1 TERM INT
+stop_ray
+tlog "job $SLURM_JOB_ID done (status $rc)"
+mark job_end
+exit "$rc"
+exit
+}

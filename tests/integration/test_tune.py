@@ -1,0 +1,168 @@
+"""`trixmed tune` end to end on the bundled demo with a tiny model and real Ray Tune / Ray Train /
+DeepSpeed: a 2×2 sweep under ASHA writes the summary, the report and a best config that
+`trixmed run --dry-run` accepts; a failing trial leaves the other complete while the trials' training
+runs show in the dashboard; an interrupted sweep resumes without re-running its finished trials."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from browser import check_page
+
+from trixmed.cli import main
+from trixmed.config import load_config
+from trixmed.pipeline.stages import run_pipeline
+from trixmed.run_dir import ExperimentDir, RunDir
+from trixmed.testing import TINY_OVERRIDES
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+REPO = Path(__file__).resolve().parents[2]
+DEMO = [str(REPO / "configs" / "demo_cpu.yaml")]
+# three epochs, so that ASHA's rungs (1, 2) come before the end of training
+TINY = [*TINY_OVERRIDES, "experts.epochs=3"]
+TRIXMED = str(Path(sys.executable).parent / "trixmed")
+
+
+@pytest.fixture(scope="module")
+def base(ray_session, tmp_path_factory) -> Path:
+    """The demo prepared, warmed up and its features extracted once: every sweep here shares them."""
+    root = tmp_path_factory.mktemp("tune-run")
+    run_pipeline(load_config(DEMO[0], [*TINY, f"run_dir={root}"]), stages=["prepare", "warmup", "extract"])
+    return root
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    return ["--config", *DEMO, *TINY, f"run_dir={root}", *extra]
+
+
+def _space(tmp_path: Path, name: str, grid: dict[str, list]) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps({"name": name, "grid": grid}))   # JSON is YAML
+    return path
+
+
+def test_demo_2x2_sweep_gives_summary_report_and_a_runnable_best_config(base, tmp_path, capfd):
+    assert main(["tune", str(REPO / "tune_spaces" / "demo_2x2.yaml"), *_args(base)]) == 0
+    out = capfd.readouterr().out
+    exp = RunDir(base).experiment("demo_2x2")
+    summary = json.loads(exp.summary.read_text())
+    trials = summary["trials"]
+
+    params = sorted((t["params"]["stratify.num_clusters"], t["params"]["model.moe.top_n"]) for t in trials)
+    assert params == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert all(t["params"]["model.moe.num_experts"] == t["params"]["stratify.num_clusters"] for t in trials)
+    assert {t["status"] for t in trials} <= {"completed", "stopped"} and trials[0]["status"] == "completed"
+    # the best is chosen among completed trials on validation scores, and nothing scored test
+    completed = [t for t in trials if t["status"] == "completed"]
+    assert summary["best"]["trial_id"] == max(completed, key=lambda t: t["scores"]["jaccard"])["trial_id"]
+    assert summary["selected_on"] == "val" and not [k for k in summary if "test" in k]
+    assert all(set(t["scores"]) == {"jaccard", "f1", "prauc", "ddi_rate", "avg_drugs", "threshold"} for t in completed)
+    for t in trials:
+        rd = RunDir(t["run_dir"])
+        assert not rd.eval.exists(), "a sweep never evaluates test"
+        assert t["epochs_run"] == len(t["curve"]) >= 1
+        assert (t["scores"] is not None) == (t["status"] == "completed") == rd.model("experts").is_dir()
+        steps = {"stratify_s", "experts_s", "total_s"} | ({"scoring_s"} if t["scores"] else set())
+        assert set(t["timings"]) == steps and t["timings"]["experts_s"] < t["timings"]["total_s"]
+    # one clustering per K, shared by the trials that use it
+    assert len(list((exp.root / "shared").iterdir())) == 2 + 2   # two run dirs and their lock files
+
+    # the console: one line per trial start and end and the outcome, none of Tune's tables or Ray's chatter
+    assert sum("[tune] trial" in line and "started" in line for line in out.splitlines()) == 4
+    assert "[tune] best on validation: " in out and f"[tune] best config: {exp.best_config}" in out
+    for noise in ("Trial status", "View detailed results", "(raylet)", "ImplicitFunc", "Traceback"):
+        assert noise not in out
+
+    # the best config runs as it is
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", "--config", str(exp.best_config), "--dry-run"]) == 0
+    best = load_config(exp.best_config)
+    assert best.run_dir == str(base) and best.stratify.num_clusters == summary["best"]["params"]["stratify.num_clusters"]
+
+    # the report renders in a real browser
+    check_page(exp.report_html, tmp_path / "sweep.png", figures=len(list(exp.report_figures.glob("*.png"))))
+
+
+_DASHBOARD = textwrap.dedent("""
+    import json, sys, urllib.request
+    from pathlib import Path
+    from trixmed.config import load_config
+    from trixmed.train.ray_session import dashboard_url, ray_session
+    from trixmed.tune.space import load_space
+    from trixmed.tune.sweep import run_sweep
+
+    root, space, config, *overrides = sys.argv[1:]
+    cfg = load_config(config, [*overrides, f"run_dir={root}"])
+
+    def get(path):
+        request = urllib.request.Request(dashboard_url() + path)
+        token = Path.home() / ".ray" / "auth_token"
+        if token.is_file():
+            request.add_header("Authorization", "Bearer " + token.read_text().strip())
+        return json.loads(urllib.request.urlopen(request, timeout=60).read().decode())
+
+    with ray_session(cfg, dashboard=True):
+        result = run_sweep(cfg, load_space(space))
+        runs = [r["name"] for r in get("/api/train/v2/runs/v1")["train_runs"]]
+        actors = [a["class_name"] for a in get("/api/v0/actors?limit=1000")["data"]["result"]["result"]]
+    print("DASHBOARD " + json.dumps({"runs": runs, "actors": actors}))
+""")
+
+
+def test_a_failing_trial_leaves_the_other_complete_and_trials_show_in_the_dashboard(base, tmp_path):
+    space = _space(tmp_path, "one_fails", {"stratify.num_clusters": [2], "model.moe.top_n": [1],
+                                           "test_hooks.fail_trial": [False, True]})
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    proc = subprocess.run([sys.executable, "-c", _DASHBOARD, str(base), str(space), *DEMO, *TINY],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("DASHBOARD "))[10:])
+    summary = json.loads(RunDir(base).experiment("one_fails").summary.read_text())
+    by_status = {t["status"]: t for t in summary["trials"]}
+    assert sorted(by_status) == ["completed", "error"]
+    assert by_status["error"]["params"]["test_hooks.fail_trial"] is True
+    assert by_status["error"]["error"].startswith("RuntimeError: test_hooks.fail_trial is set: trial ")
+    assert by_status["completed"]["scores"]["jaccard"] > 0 and summary["best"]["trial_id"] == by_status["completed"]["trial_id"]
+    # the dashboard: the trials are actors, and the completed trial's training run is named after it
+    assert seen["actors"].count("ImplicitFunc") == 2, seen["actors"]
+    assert any(r.startswith(f"trial_{by_status['completed']['trial_id']}-experts-") for r in seen["runs"]), seen["runs"]
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(base, tmp_path):
+    space = _space(tmp_path, "resume_3", {"stratify.num_clusters": [2, 3, 4]})
+    command = [TRIXMED, "tune", str(space), *_args(base, "tune.scheduler=fifo")]
+    exp = RunDir(base).experiment("resume_3")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 400
+    while not list(exp.root.glob("trial_*/run/val_scores.json")):
+        assert first.poll() is None and time.monotonic() < deadline, "no trial finished"
+        time.sleep(0.5)
+    first.send_signal(signal.SIGINT)
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 130, out[-3000:]
+    assert "[tune] interrupted: " in out and not exp.summary.exists()
+    finished = {p.parents[1].name: (p.stat().st_mtime_ns, (p.parents[1] / "result.json").read_text())
+                for p in exp.root.glob("trial_*/run/val_scores.json")}
+    assert 1 <= len(finished) < 3
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    summary = json.loads(exp.summary.read_text())
+    assert sorted(t["params"]["stratify.num_clusters"] for t in summary["trials"]) == [2, 3, 4]
+    assert all(t["status"] == "completed" for t in summary["trials"])
+    for name, (mtime, results) in finished.items():
+        scores = ExperimentDir.trial_run(exp.root / name).root / "val_scores.json"
+        assert scores.stat().st_mtime_ns == mtime and (exp.root / name / "result.json").read_text() == results, \
+            f"{name} ran again"
+    # only the unfinished trials started in the second run
+    assert second.stdout.count("started: ") == 3 - len(finished)

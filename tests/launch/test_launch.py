@@ -1,0 +1,72 @@
+"""launch/: the templates' resources, argument splitting, and the `local` executor (no SLURM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import launch  # noqa: E402
+
+
+def test_resources_come_from_the_sbatch_templates():
+    for command in ("run", "tune"):
+        res = launch.sbatch_resources(command)
+        assert res["nodes"] == "2" and res["ntasks-per-node"] == "1" and res["signal"] == "B:USR1@300"
+        assert "requeue" in res and res["open-mode"] == "append"
+    assert launch.sbatch_resources("run")["job-name"] == "trixmed-train"
+    assert launch.sbatch_resources("tune")["job-name"] == "trixmed-tune"
+    with pytest.raises(ValueError, match="command must be one of run, tune, got 'evaluate'"):
+        launch.sbatch_resources("evaluate")
+
+
+@pytest.mark.parametrize("text,expected", [("90", 90), ("5:30", 6), ("24:00:00", 1440), ("1:30:00", 90),
+                                           ("2-00", 2880), ("1-02:03", 1563), ("0-00:10:01", 11)])
+def test_slurm_time_formats_in_minutes(text, expected):
+    assert launch.minutes(text) == expected
+
+
+def test_plan_gets_config_run_dir_and_overrides_only():
+    args = ["tune_spaces/demo_2x2.yaml", "--config", "c.yaml", "--force", "a.b=1", "--run-dir", "r", "--name", "x", "c=2"]
+    assert launch._plan_args(args) == ["--config", "c.yaml", "--run-dir", "r", "a.b=1", "c=2"]
+
+
+def test_slurm_executor_without_slurm_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))   # no sbatch
+    with pytest.raises(RuntimeError, match="SLURM is not available here \\(no sbatch on PATH\\): use executor='local'"):
+        launch.submit("run", ["--config", "configs/demo_cpu.yaml"], folder=tmp_path)
+
+
+@pytest.mark.timeout(300)
+def test_local_executor_runs_plan_then_trixmed(tmp_path):
+    """`python -m launch … --executor local --wait`: submitit's local executor runs the plan and the
+    command on this machine (a dry run here: the same path as a training run, in seconds)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "launch", "run", "--executor", "local", "--wait", "--folder", str(tmp_path / "sub"),
+                           "--config", "configs/demo_cpu.yaml", "--dry-run", f"run_dir={run_dir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=280, env={**os.environ})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result == {"command": "run", "returncode": 0, "log_dir": None, "run_dir": str(run_dir)}
+    out = next((tmp_path / "sub").glob("*/*_0_log.out")).read_text()
+    # the plan (one node, CPU) before the command, then the command's own dry-run plan
+    assert "configs/demo_cpu.yaml on 1 node(s), CPU only: world size 2" in out
+    assert out.count(f"plan for {run_dir}") == 2
+
+
+@pytest.mark.timeout(300)
+def test_local_executor_reports_a_refused_plan(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launch", "run", "--executor", "local", "--wait", "--folder", str(tmp_path / "sub"),
+                           "--config", "configs/demo_cpu.yaml", "distributed.num_workers=3", f"run_dir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 1
+    assert ("trixmed plan refused the job: trixmed plan: error: configs/demo_cpu.yaml: warmup.effective_batch_size: 4 is not "
+            "a multiple of micro_batch_size × workers = 2 × 3; smallest that fits: distributed.num_workers=1") in proc.stderr

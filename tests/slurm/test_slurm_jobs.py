@@ -1,0 +1,242 @@
+"""sbatch slurm/train.sbatch and slurm/tune.sbatch, and launch/ (submitit), on a real 2-node SLURM.
+
+One module fixture submits the same tiny `trixmed run` twice at once on the same two nodes, once
+with sbatch and once through submitit (launch/): the sbatch job is the reference every other test
+compares metrics with, the submitit job must match it, and the pair is the collision test. The
+requeue and tune tests start from a copy of the reference's finished early stages (dataset,
+warm-up, features, clusters), so they spend their time on what they test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trixmed.run_dir import RunDir
+from trixmed.testing import TINY_OVERRIDES
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+# The tiny demo job of every test: one CPU per node and per training worker, so Ray places one
+# worker on each node; 5 expert epochs leave a window to signal the job in the middle of a phase.
+JOB_ARGS = ["--config", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "distributed.cpus_per_worker=1", "experts.epochs=5"]
+NODE_IPS = ["127.0.0.11", "127.0.0.12"]
+SBATCH = ["--nodes=2", "--cpus-per-task=1", "--time=20"]
+
+
+def job_env(logs: Path) -> dict[str, str]:
+    """Beyond the cluster's environment: this venv's trixmed on PATH, the job logs in the test's folder."""
+    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "TRIXMED_LOG_ROOT": str(logs)}
+
+
+def log_dir(logs: Path, name: str, job_id: str) -> Path:
+    return logs / f"{name}-{job_id}"
+
+
+def job_log(logs: Path, name: str, job_id: str) -> str:
+    path = log_dir(logs, name, job_id) / "job.log"
+    return path.read_text(errors="replace") if path.is_file() else f"<no {path}>"
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "eval" / "metrics.json").read_text())["metrics"]
+
+
+def assert_same_metrics(got: Path, ref: Path) -> None:
+    a, b = metrics(got), metrics(ref)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name]["point"] == pytest.approx(b[name]["point"], abs=1e-6), name
+
+
+def submit_train(slurm, logs: Path, run_dir: Path, *extra: str) -> str:
+    return slurm.sbatch([*SBATCH, f"--output={logs}/%x-%j.out", "slurm/train.sbatch", *JOB_ARGS, f"run_dir={run_dir}", *extra],
+                        env=job_env(logs))
+
+
+def seed_run_dir(src: Path, dst: Path, stages: tuple[str, ...]) -> None:
+    """A run directory whose `stages` are the reference's, finished: `trixmed run` skips them."""
+    s, d = RunDir(src), RunDir(dst)
+    dst.mkdir(parents=True)
+    for stage in stages:
+        shutil.copytree(s.stage_dir(stage), d.stage_dir(stage))
+    state = json.loads(s.run_file.read_text())
+    state["stages"] = {k: v for k, v in state["stages"].items() if k in stages}
+    d.run_file.write_text(json.dumps(state))
+
+
+@pytest.fixture(scope="module")
+def pair(slurm, job_logs, tmp_path_factory):
+    """The same tiny `trixmed run`, submitted with sbatch ("sbatch") and through submitit ("submitit")
+    at the same moment, on the same two nodes."""
+    import launch
+
+    root = tmp_path_factory.mktemp("pair")
+    first = submit_train(slurm, job_logs, root / "sbatch")
+    # submitit calls sbatch with this process's environment: the cluster's, plus trixmed's PATH
+    saved = dict(os.environ)
+    os.environ.update({"SLURM_CONF": slurm.env["SLURM_CONF"], **job_env(job_logs)})
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        os.environ.pop(key, None)
+    try:
+        sub = launch.submit("run", [*JOB_ARGS, f"run_dir={root / 'submitit'}"], nodes=2, cpus_per_task=1, time_min=20,
+                            folder=root / "submitit-folder")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    jobs = {"sbatch": (first, root / "sbatch"), "submitit": (sub.job_id, root / "submitit")}
+    for name, (job_id, _) in jobs.items():
+        state = slurm.wait(job_id, timeout=600)
+        assert state == "COMPLETED", f"{name} job {job_id} ended {state}:\n{job_log(job_logs, 'trixmed-train', job_id)[-4000:]}"
+    out = {name: {"id": job_id, "run_dir": run_dir, "info": slurm.job(job_id),
+                  "logs": log_dir(job_logs, "trixmed-train", job_id)} for name, (job_id, run_dir) in jobs.items()}
+    out["submitit"]["job"] = sub
+    out["submitit"]["folder"] = root / "submitit-folder"
+    return out
+
+
+def test_train_sbatch_spans_both_nodes_and_completes_with_metrics(pair):
+    job = pair["sbatch"]
+    logs = job["logs"]
+    text = (logs / "job.log").read_text()
+    # the plan ran first, then a 2-node Ray cluster, then the run
+    assert text.index("world size 2 on CPU (gloo)") < text.index("Ray cluster up") < text.index("[warmup] running")
+    assert "trixmed run exited with status 0" in text
+    # both nodes' IPs took part: each node's Ray joined with its own address, and Ray Train placed
+    # a training worker on each
+    nodes = json.loads((logs / "nodes.json").read_text())["nodes"]
+    assert sorted(n["ip"] for n in nodes) == NODE_IPS
+    assert [json.loads((logs / f"ray-node-node{i}.json").read_text())["ip"] for i in (1, 2)] == NODE_IPS
+    placement = json.loads((logs / "placement.json").read_text())
+    assert placement["train_worker_ips"] == NODE_IPS
+    # Ray's own logs of each node were kept before the node-local temp dir went away
+    for node in ("node1", "node2"):
+        assert (logs / "ray" / node / "raylet.out").is_file()
+        assert not Path(f"/tmp/trixmed-ray-{job['id']}-{node}").exists()
+    m = metrics(job["run_dir"])
+    assert 0 < m["jaccard"]["point"] <= 1 and 0 < m["f1"]["point"] <= 1
+    history = json.loads((job["run_dir"] / "experts" / "history.json").read_text())
+    assert history["world_size"] == 2 and len(history["epochs"]) == 5
+
+
+def test_two_jobs_at_once_on_the_same_nodes_do_not_collide(pair):
+    a, b = pair["sbatch"], pair["submitit"]
+    assert a["info"]["NodeList"] == b["info"]["NodeList"] == "node[1-2]"
+
+    def interval(job):
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        return (time.mktime(time.strptime(job["info"]["StartTime"], fmt)), time.mktime(time.strptime(job["info"]["EndTime"], fmt)))
+
+    (a0, a1), (b0, b1) = interval(a), interval(b)
+    assert a0 < b1 and b0 < a1, "the two jobs did not run at the same time"
+
+    def ports(job):
+        node_files = [json.loads((job["logs"] / f"ray-node-node{i}.json").read_text()) for i in (1, 2)]
+        head = re.search(r"Ray head \S+:(\d+) on node1 \(client port (\d+), dashboard port (\d+)\)",
+                         (job["logs"] / "job.log").read_text())
+        return {int(p) for p in head.groups()} | {n["agent_port"] for n in node_files}, {n["temp_dir"] for n in node_files}
+
+    (ports_a, tmp_a), (ports_b, tmp_b) = ports(a), ports(b)
+    assert len(ports_a) == len(ports_b) == 5 and not ports_a & ports_b
+    assert not tmp_a & tmp_b
+    for job in (a, b):
+        assert json.loads((job["logs"] / "placement.json").read_text())["train_worker_ips"] == NODE_IPS
+    # same config, same seed, each on its own cluster: the same model (checked in the submitit test)
+
+
+def test_preempted_job_requeues_and_resumes_from_its_checkpoint(pair, slurm, job_logs, tmp_path):
+    ref = pair["sbatch"]["run_dir"]
+    run_dir = tmp_path / "run"
+    seed_run_dir(ref, run_dir, ("prepare", "warmup", "extract", "stratify"))
+    job_id = submit_train(slurm, job_logs, run_dir)
+    # wait for the experts phase's first persisted checkpoint, then send what
+    # `#SBATCH --signal=B:USR1@300` sends before the time limit
+    deadline = time.monotonic() + 300
+    seen = 0
+    while not seen:
+        for snap in run_dir.glob(".ray/experts-*/checkpoint_manager_snapshot.json"):
+            try:
+                seen = json.loads(snap.read_text())["latest_checkpoint_result"]["metrics"]["epoch"]
+            except (ValueError, KeyError, TypeError):
+                pass   # being written
+        assert time.monotonic() < deadline, f"no experts checkpoint:\n{job_log(job_logs, 'trixmed-train', job_id)[-3000:]}"
+        assert slurm.job(job_id)["JobState"] in ("PENDING", "RUNNING"), job_log(job_logs, "trixmed-train", job_id)[-3000:]
+        time.sleep(0.2)
+    slurm.run("scancel", "--batch", "--signal=USR1", job_id)
+    state = slurm.wait(job_id, timeout=420)
+    text = job_log(job_logs, "trixmed-train", job_id)
+    info = slurm.job(job_id)
+    assert state == "COMPLETED" and info["Restarts"] == "1", f"{state}, restarts {info['Restarts']}:\n{text[-4000:]}"
+    assert "SIGUSR1 received" in text and f"requeueing job {job_id}" in text and "attempt 2 on node1 node2" in text
+    resumed = [int(n) for n in re.findall(r"\[experts\] resumed from its checkpoint after epoch (\d+)", text)]
+    assert len(resumed) == 1 and seen <= resumed[0] < 5, (seen, resumed)
+    # the second attempt trained only the epochs after the checkpoint, and ended where an
+    # uninterrupted run ends
+    history = json.loads((run_dir / "experts" / "history.json").read_text())
+    reference = json.loads((ref / "experts" / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4, 5]
+    for got, want in zip(history["epochs"], reference["epochs"], strict=True):
+        assert got["step_losses"] == pytest.approx(want["step_losses"], abs=1e-5)
+    assert_same_metrics(run_dir, ref)
+
+
+def test_submitit_runs_the_same_job(pair):
+    job, sub = pair["submitit"], pair["submitit"]["job"]
+    result = sub.results()[0]
+    assert result == {"command": "run", "returncode": 0, "log_dir": str(job["logs"]), "run_dir": str(job["run_dir"])}
+    # the template's resources, in submitit's own sbatch script
+    script = (job["folder"] / job["id"] / f"{job['id']}_submission.sh").read_text()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --requeue", "#SBATCH --signal=USR2@300",
+                 "#SBATCH --job-name=trixmed-train"):
+        assert line in script
+    # job.sh ran on the first node: plan, a 2-node Ray cluster, trixmed, shutdown
+    text = (job["logs"] / "job.log").read_text()
+    assert "world size 2 on CPU (gloo)" in text and "trixmed run exited with status 0" in text
+    assert json.loads((job["logs"] / "placement.json").read_text())["train_worker_ips"] == NODE_IPS
+    assert_same_metrics(job["run_dir"], pair["sbatch"]["run_dir"])
+
+
+def test_tune_sbatch_runs_the_2x2_sweep(pair, slurm, job_logs, tmp_path):
+    run_dir = tmp_path / "run"
+    seed_run_dir(pair["sbatch"]["run_dir"], run_dir, ("prepare", "warmup", "extract"))
+    # two CPUs per node, half a CPU per training worker: two trials train at once; two expert
+    # epochs give ASHA one rung (none of these keys changes the shared warm-up)
+    job_id = slurm.sbatch(["--nodes=2", "--cpus-per-task=2", "--time=20", f"--output={job_logs}/%x-%j.out",
+                           "slurm/tune.sbatch", "tune_spaces/demo_2x2.yaml", *JOB_ARGS, f"run_dir={run_dir}",
+                           "experts.epochs=2", "distributed.cpus_per_worker=0.5", "tune.max_concurrent_trials=2"],
+                          env=job_env(job_logs))
+    state = slurm.wait(job_id, timeout=600)
+    text = job_log(job_logs, "trixmed-tune", job_id)
+    assert state == "COMPLETED", text[-4000:]
+    assert "trixmed tune exited with status 0" in text
+    summary = json.loads((run_dir / "tune" / "demo_2x2" / "summary.json").read_text())
+    assert len(summary["trials"]) == 4
+    nodes = json.loads((log_dir(job_logs, "trixmed-tune", job_id) / "nodes.json").read_text())["nodes"]
+    assert sorted(n["ip"] for n in nodes) == NODE_IPS
+
+
+def test_plan_refusal_stops_the_job_before_ray_starts(slurm, job_logs, tmp_path):
+    job_id = submit_train(slurm, job_logs, tmp_path / "run", "distributed.num_workers=3")
+    state = slurm.wait(job_id, timeout=120)
+    text = job_log(job_logs, "trixmed-train", job_id)
+    assert state == "FAILED", text
+    assert ("trixmed plan: error: configs/demo_cpu.yaml: warmup.effective_batch_size: 8 is not a multiple of "
+            "micro_batch_size × workers = 4 × 3; smallest that fits: distributed.num_workers=1") in text
+    assert "trixmed plan refused this job's shape: not starting Ray" in text and "Ray head" not in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_local_cluster_script_status_lists_both_nodes(slurm):
+    out = subprocess.run(["bash", "slurm/local-cluster.sh", "status"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "SLURM_LOCAL_DIR": str(slurm.state_dir)}, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"node1\s+1\s+debug\*\s+\w+", out.stdout) and re.search(r"node2\s+1\s+debug\*\s+\w+", out.stdout)

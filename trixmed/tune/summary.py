@@ -1,0 +1,114 @@
+"""summary.json: what a finished sweep leaves for people and for `trixmed report --tune`.
+
+    {"format": 1, "experiment", "experiment_dir", "run_dir", "space": {...}, "scheduler": {...},
+     "selected_on": "val", "finished", "wall_s", "trials_per_min",
+     "trials": [{"trial_id", "name", "status": completed | stopped | error, "params",
+                 "epochs_run", "epochs_planned", "best_epoch_val_jaccard", "scores" | null,
+                 "curve": [{"epoch", "train_loss", "val_jaccard"}], "wall_s", "train_s",
+                 "timings": {"stratify_s", "experts_s", "scoring_s", "total_s"},
+                 "error" | null, "log", "run_dir"}],
+     "best": {"trial_id", "params", "scores"} | null,
+     "best_config": the whole config of the best trial, run_dir the sweep's run | null}
+
+Two validation Jaccards, on purpose: `best_epoch_val_jaccard` is the per-epoch score at the phase's
+fixed `val_threshold` (what ASHA ranks, known for trials it stopped too); `scores` are the best
+epoch's weights at the threshold chosen on validation, as `evaluate` picks it (completed trials
+only). The best trial is the completed one with the highest `scores.jaccard`; test is never scored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from trixmed.config import Config, to_dict
+from trixmed.io import read_json
+from trixmed.run_dir import ExperimentDir
+from trixmed.tune.space import SearchSpace
+from trixmed.tune.trial import TIMINGS_FILE, TRIAL_LOG
+
+FORMAT = 1
+METRIC = "val_jaccard"   # per-epoch validation Jaccard at the phase's val_threshold: what ASHA ranks
+STATUSES = ("completed", "stopped", "error")
+
+
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed trial with the highest validation Jaccard at its tuned threshold (ties: the
+    earlier); a trial stopped early has no such score and is never the best."""
+    done = [t for t in trials if t["status"] == "completed"]
+    return max(done, key=lambda t: t["scores"]["jaccard"], default=None)
+
+
+
+
+def build_summary(cfg: Config, space: SearchSpace, exp: ExperimentDir, results: Any, wall_s: float) -> dict[str, Any]:
+    """Every trial of a finished sweep and the best one, chosen on validation scores only."""
+    trials = [_trial_entry(space, r, cfg.experts.epochs) for r in results]
+    trials.sort(key=lambda t: t["trial_id"])
+    best = best_trial(trials)
+    best_config = None
+    if best is not None:
+        best_config = to_dict(space.apply(cfg, best["params"]))
+        best_config["run_dir"] = cfg.run_dir
+    t = cfg.tune
+    return {
+        "format": FORMAT,
+        "experiment": exp.name,
+        "experiment_dir": str(exp.root),
+        "run_dir": cfg.run_dir,
+        "space": space.to_dict(),
+        "scheduler": {"kind": t.scheduler, "metric": METRIC, "mode": "max", "grace_period": t.grace_period,
+                      "reduction_factor": t.reduction_factor, "max_t": cfg.experts.epochs + 1,
+                      "max_concurrent_trials": t.max_concurrent_trials},
+        "selected_on": "val",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - wall_s)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(wall_s, 2),
+        "trials_per_min": round(60 * len(trials) / wall_s, 3) if wall_s > 0 else None,
+        "trials": trials,
+        "best": None if best is None else {k: best[k] for k in ("trial_id", "params", "scores")},
+        "best_config": best_config,
+    }
+
+
+def _trial_entry(space: SearchSpace, result: Any, epochs: int) -> dict[str, Any]:
+    path = Path(result.path)
+    run = ExperimentDir.trial_run(path)
+    last = result.metrics or {}
+    df = result.metrics_dataframe
+    rows = [] if df is None else [r for r in df.to_dict("records") if _present(r.get("train_loss"))]
+    curve = [{"epoch": int(r["epoch"]), "train_loss": r["train_loss"], "val_jaccard": r.get("val_jaccard")}
+             for r in rows]
+    scores = last.get("scores") if result.error is None else None
+    status = "error" if result.error is not None else "completed" if scores else "stopped"
+    jaccards = [r["val_jaccard"] for r in rows if _present(r.get("val_jaccard"))]
+    return {
+        "trial_id": path.name.removeprefix("trial_"),
+        "name": path.name,
+        "status": status,
+        "params": space.complete(result.config),
+        "epochs_run": len(rows),
+        "epochs_planned": epochs,
+        "best_epoch_val_jaccard": max(jaccards) if jaccards else None,
+        "scores": scores,
+        "curve": curve,
+        # Tune's clock runs from the trial's first line of code to its last report
+        "wall_s": round(float(last.get("time_total_s", 0.0)), 2),
+        "train_s": round(sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in rows), 3),
+        # the trial's own clock: stratify (or waiting for the shared one), experts stage, scoring
+        "timings": read_json(run.root / TIMINGS_FILE) if (run.root / TIMINGS_FILE).is_file() else {},
+        "error": _error_line(result.error) if result.error is not None else None,
+        "log": str(run.logs / TRIAL_LOG),
+        "run_dir": str(run.root),
+    }
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value == value   # not None, not NaN
+
+
+def _error_line(error: BaseException) -> str:
+    """The last line of a trial's error (Ray wraps it in its traceback): the exception itself."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

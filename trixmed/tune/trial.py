@@ -1,0 +1,145 @@
+"""One Ray Tune trial: stratify + experts + validation scoring, over the sweep's shared warm-up.
+
+A trial's run directory (`<experiment>/<trial>/run/`) links the base run's dataset, warm-up model
+and features, which no parameter of a sweep over clustering, routing or the experts changes
+(their stage hashes leave those sections out). Clusters are computed once per distinct clustering
+setting in `<experiment>/shared/<hash>/` and linked by every trial that uses them. The experts
+train through the same stage as `trixmed run`; each epoch's metrics reach the scheduler through
+Ray Train's `TuneReportCallback`, and a last report adds the validation scores with the decision
+threshold chosen on validation. Test visits are never scored here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trixmed.config import Config, from_dict, to_dict
+from trixmed.console import Console, redirect_output
+from trixmed.io import write_json
+from trixmed.pipeline.stages import STAGES, config_hash, run_stage
+from trixmed.run_dir import ExperimentDir, RunDir
+from trixmed.tune.space import SearchSpace
+
+# the base run's stages a trial reads unchanged
+SHARED_STAGES = ("prepare", "warmup", "extract")
+TRIAL_LOG = "trial.log"
+SCORES_FILE = "val_scores.json"
+TIMINGS_FILE = "timings.json"   # seconds the trial spent in each of its steps (benchmarks/tune.py reads them)
+
+
+def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Ray Tune's entry point. `spec`: base config (dict), space (dict), run_dir, experiment."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trixmed.train.ray_fit import TrainingStopped
+
+    context = tune.get_context()
+    # the trial's directory in the experiment (shared storage on a cluster), not Tune's local copy
+    rd = trial_run(Path(spec["experiment"]), context.get_trial_id())
+    rd.logs.mkdir(parents=True, exist_ok=True)
+    # the trial's own output (stage lines, DeepSpeed, torch) goes to its log, not the sweep's console
+    redirect_output(rd.logs / TRIAL_LOG)
+    space = SearchSpace(**spec["space"])
+    base = from_dict(Config, spec["config"], "<sweep>", "")
+    cfg = space.apply(base, params)
+    cfg.run_dir = str(rd.root)
+    console = Console()
+    console.line(f"[trial {context.get_trial_id()}] {space.complete(params)}")
+
+    clock = _Clock(rd.root / TIMINGS_FILE)
+    base_rd = RunDir(spec["run_dir"])
+    _link_stages(base_rd, rd, SHARED_STAGES)
+    _shared_clusters(cfg, base_rd, ExperimentDir(spec["experiment"]), rd, console)
+    clock.lap("stratify_s")
+    if cfg.test_hooks.fail_trial:
+        raise RuntimeError(f"test_hooks.fail_trial is set: trial {context.get_trial_id()} fails on purpose")
+    try:
+        run_stage(cfg, "experts", console=console, train_callbacks=(TuneReportCallback(),),
+                  run_prefix=f"{context.get_trial_name()}-")
+    except TrainingStopped as stop:
+        clock.lap("experts_s")
+        console.line(f"[trial {context.get_trial_id()}] {stop}")
+        return   # the scheduler stopped it: no validation scores
+    clock.lap("experts_s")
+    scores = score_validation(cfg, rd)
+    write_json(rd.root / SCORES_FILE, scores)
+    clock.lap("scoring_s")
+    history = _history(rd)
+    tune.report({"epoch": len(history["epochs"]), "val_jaccard": history["best_val_jaccard"], "scores": scores})
+
+
+def trial_dirname(trial: Any) -> str:
+    """`trial_<id>`: short, stable, and the id the report and the dashboard's run names show."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_run(experiment: Path, trial_id: str) -> RunDir:
+    """The run directory of one trial of the experiment at `experiment`."""
+    return ExperimentDir.trial_run(Path(experiment) / f"trial_{trial_id}")
+
+
+def score_validation(cfg: Config, rd: RunDir) -> dict[str, float]:
+    """Validation metrics of the trained experts, the decision threshold chosen on validation
+    (the same choice `evaluate` makes before it scores test once)."""
+    from trixmed.data.dataset import Dataset
+    from trixmed.eval.metrics import choose_threshold, multilabel_metrics, summarize
+    from trixmed.pipeline.predict import model_predictions
+
+    ds = Dataset(rd.dataset)
+    val = model_predictions(cfg, rd, ds, "val")
+    y_true = ds.multi_hot([s.target for s in val.samples]).astype(bool)
+    threshold = cfg.eval.threshold
+    if threshold is None:
+        threshold = float(choose_threshold(y_true, val.probs))
+    per_visit = multilabel_metrics(y_true, val.probs >= threshold, val.probs, ds.ddi)
+    point = summarize(per_visit, np.array([s.patient_id for s in val.samples]), cfg.eval.average)
+    return {**{k: point[k] for k in ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")}, "threshold": threshold}
+
+
+def _history(rd: RunDir) -> dict[str, Any]:
+    from trixmed.io import read_json
+
+    return read_json(rd.history("experts"))
+
+
+class _Clock:
+    """Seconds per step of a trial, rewritten after each step (a stopped trial keeps what it did)."""
+
+    def __init__(self, path: Path):
+        import time
+
+        self.path, self.now, self.t0, self.laps = path, time.perf_counter, time.perf_counter(), {}
+        self.last = self.t0
+
+    def lap(self, name: str) -> None:
+        t = self.now()
+        self.laps[name] = round(t - self.last, 3)
+        self.laps["total_s"] = round(t - self.t0, 3)
+        self.last = t
+        write_json(self.path, self.laps)
+
+
+def _link_stages(source: RunDir, target: RunDir, stages: tuple[str, ...]) -> None:
+    target.root.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        link = target.stage_dir(stage)
+        if not link.exists():
+            link.symlink_to(source.stage_dir(stage).resolve(), target_is_directory=True)
+
+
+def _shared_clusters(cfg: Config, base: RunDir, exp: ExperimentDir, rd: RunDir, console: Console) -> None:
+    """Stratify once per clustering setting; concurrent trials with the same one wait on a lock."""
+    key = config_hash(cfg, STAGES["stratify"].keys(cfg))[:16]
+    shared = RunDir(exp.shared(key))
+    shared.root.mkdir(parents=True, exist_ok=True)
+    _link_stages(base, shared, ("prepare", "extract"))
+    with open(shared.root.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shared_cfg = from_dict(Config, {**to_dict(cfg), "run_dir": str(shared.root)}, "<trial>", "")
+        run_stage(shared_cfg, "stratify", console=console)
+    _link_stages(shared, rd, ("stratify",))
