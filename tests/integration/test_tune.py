@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -143,16 +145,23 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(base, tm
     command = [TRIXMED, "tune", str(space), *_args(base, "tune.scheduler=fifo")]
     exp = RunDir(base).experiment("resume_3")
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    deadline = time.monotonic() + 400
-    while not list(exp.root.glob("trial_*/run/val_scores.json")):
-        assert first.poll() is None and time.monotonic() < deadline, "no trial finished"
-        time.sleep(0.5)
+    # interrupt once Tune has recorded a trial as finished: the driver's line "... (1/3)"
+    seen, deadline = [], time.monotonic() + 400
+    while not any(line.rstrip().endswith("(1/3)") for line in seen):
+        assert time.monotonic() < deadline, "no trial finished:\n" + "".join(seen)
+        ready, _, _ = select.select([first.stdout], [], [], 1.0)
+        if ready:
+            line = first.stdout.readline()
+            assert line or first.poll() is None, "trixmed tune ended early:\n" + "".join(seen)
+            seen.append(line)
     first.send_signal(signal.SIGINT)
-    out = first.communicate(timeout=300)[0]
+    out = "".join(seen) + first.communicate(timeout=300)[0]
     assert first.returncode == 130, out[-3000:]
     assert "[tune] interrupted: " in out and not exp.summary.exists()
-    finished = {p.parents[1].name: (p.stat().st_mtime_ns, (p.parents[1] / "result.json").read_text())
-                for p in exp.root.glob("trial_*/run/val_scores.json")}
+    # finished = reported complete on the console (a trial interrupted after writing its scores is not)
+    done = re.findall(r"^\[tune\] trial (\S+) val jaccard .*\(\d/3\)$", out, flags=re.M)
+    finished = {f"trial_{i}": ((exp.root / f"trial_{i}/run/val_scores.json").stat().st_mtime_ns,
+                               (exp.root / f"trial_{i}/result.json").read_text()) for i in done}
     assert 1 <= len(finished) < 3
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
