@@ -26,7 +26,7 @@ from trixmed.config import Config, to_dict
 from trixmed.io import read_json
 from trixmed.run_dir import ExperimentDir
 from trixmed.tune.space import SearchSpace
-from trixmed.tune.trial import TIMINGS_FILE, TRIAL_LOG
+from trixmed.tune.trial import TIMINGS_FILE, TRIAL_LOG, TRIAL_PREFIX
 
 FORMAT = 1
 METRIC = "val_jaccard"   # per-epoch validation Jaccard at the phase's val_threshold: what ASHA ranks
@@ -84,7 +84,7 @@ def _trial_entry(space: SearchSpace, result: Any, epochs: int) -> dict[str, Any]
     status = "error" if result.error is not None else "completed" if scores else "stopped"
     jaccards = [r["val_jaccard"] for r in rows if _present(r.get("val_jaccard"))]
     return {
-        "trial_id": path.name.removeprefix("trial_"),
+        "trial_id": path.name.removeprefix(TRIAL_PREFIX),
         "name": path.name,
         "status": status,
         "params": space.complete(result.config),

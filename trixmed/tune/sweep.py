@@ -65,10 +65,12 @@ def run_sweep(cfg: Config, space: SearchSpace, *, name: str | None = None, force
     with _quiet_tune(verbose):
         results = tuner.fit()
     wall = time.perf_counter() - t0
-    # a trial is over when it failed or its function returned (Tune's `done`); a sweep interrupted
-    # by SIGINT/SIGUSR1 leaves running trials without `done` and may not have created the rest yet
-    finished = sum(1 for r in results if r.error is not None or (r.metrics or {}).get("done"))
-    unfinished = space.size - finished
+    # Tune's saved trial states, not the results' `done` flag (lost for trials a restored sweep
+    # finished earlier); an interrupted sweep may not have created every trial yet
+    from ray.tune import ExperimentAnalysis
+
+    states = [t.status for t in ExperimentAnalysis(str(exp.root)).trials]
+    unfinished = space.size - sum(state in ("TERMINATED", "ERROR") for state in states)
     if unfinished:
         return SweepResult(exp, None, unfinished)
     summary = build_summary(cfg, space, exp, results, wall)

@@ -11,15 +11,17 @@ threshold chosen on validation. Test visits are never scored here.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trixmed.config import Config, from_dict, to_dict
+from trixmed.config import Config, from_dict
 from trixmed.console import Console, redirect_output
-from trixmed.io import write_json
+from trixmed.io import read_json, write_json
 from trixmed.pipeline.stages import STAGES, config_hash, run_stage
 from trixmed.run_dir import ExperimentDir, RunDir
 from trixmed.tune.space import SearchSpace
@@ -28,6 +30,7 @@ from trixmed.tune.space import SearchSpace
 SHARED_STAGES = ("prepare", "warmup", "extract")
 TRIAL_LOG = "trial.log"
 SCORES_FILE = "val_scores.json"
+TRIAL_PREFIX = "trial_"        # a trial's directory: trial_<Tune's trial id>
 TIMINGS_FILE = "timings.json"   # seconds the trial spent in each of its steps (benchmarks/tune.py reads them)
 
 
@@ -69,18 +72,18 @@ def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
     scores = score_validation(cfg, rd)
     write_json(rd.root / SCORES_FILE, scores)
     clock.lap("scoring_s")
-    history = _history(rd)
+    history = read_json(rd.history("experts"))
     tune.report({"epoch": len(history["epochs"]), "val_jaccard": history["best_val_jaccard"], "scores": scores})
 
 
 def trial_dirname(trial: Any) -> str:
     """`trial_<id>`: short, stable, and the id the report and the dashboard's run names show."""
-    return f"trial_{trial.trial_id}"
+    return TRIAL_PREFIX + trial.trial_id
 
 
 def trial_run(experiment: Path, trial_id: str) -> RunDir:
     """The run directory of one trial of the experiment at `experiment`."""
-    return ExperimentDir.trial_run(Path(experiment) / f"trial_{trial_id}")
+    return ExperimentDir.trial_run(Path(experiment) / (TRIAL_PREFIX + trial_id))
 
 
 def score_validation(cfg: Config, rd: RunDir) -> dict[str, float]:
@@ -101,23 +104,15 @@ def score_validation(cfg: Config, rd: RunDir) -> dict[str, float]:
     return {**{k: point[k] for k in ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")}, "threshold": threshold}
 
 
-def _history(rd: RunDir) -> dict[str, Any]:
-    from trixmed.io import read_json
-
-    return read_json(rd.history("experts"))
-
-
 class _Clock:
     """Seconds per step of a trial, rewritten after each step (a stopped trial keeps what it did)."""
 
     def __init__(self, path: Path):
-        import time
-
-        self.path, self.now, self.t0, self.laps = path, time.perf_counter, time.perf_counter(), {}
-        self.last = self.t0
+        self.path, self.laps = path, {}
+        self.t0 = self.last = time.perf_counter()
 
     def lap(self, name: str) -> None:
-        t = self.now()
+        t = time.perf_counter()
         self.laps[name] = round(t - self.last, 3)
         self.laps["total_s"] = round(t - self.t0, 3)
         self.last = t
@@ -140,6 +135,5 @@ def _shared_clusters(cfg: Config, base: RunDir, exp: ExperimentDir, rd: RunDir, 
     _link_stages(base, shared, ("prepare", "extract"))
     with open(shared.root.parent / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        shared_cfg = from_dict(Config, {**to_dict(cfg), "run_dir": str(shared.root)}, "<trial>", "")
-        run_stage(shared_cfg, "stratify", console=console)
+        run_stage(dataclasses.replace(cfg, run_dir=str(shared.root)), "stratify", console=console)
     _link_stages(shared, rd, ("stratify",))
