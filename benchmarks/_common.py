@@ -48,3 +48,8 @@ def write_report(args: argparse.Namespace, report: dict, shown: object) -> Path:
     print(json.dumps(shown, indent=2))
     print(f"wrote {out}")
     return out
+
+
+def significant(x: float, digits: int = 4) -> float:
+    """`x` to `digits` significant figures: a smoke run's sub-millisecond timings must not round to zero."""
+    return float(f"{x:.{digits}g}")

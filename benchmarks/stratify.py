@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, add_output_args, machine, write_report  # also puts the checkout on sys.path
+from _common import ROOT, add_output_args, machine, significant, write_report  # also puts the checkout on sys.path
 from pipeline import PeakRSS
 
 import numpy as np
@@ -114,8 +114,8 @@ def distributed_fit(paths: list[Path], case: dict, *, budget: int | None, labels
             out["labels"] = pool.labels(result.centroids)
         streaming = pool.streaming
     out["report"] = {
-        "workers": "2 × 1 CPU", "streaming_workers": sum(streaming), "total_s": round(sum(times.values()), 3), **times, "iterations": result.n_iter, "s_per_iteration": round(float(np.mean(per_iter)), 4),
-        "s_per_iteration_min": round(float(np.min(per_iter)), 4), "inertia": result.inertia,
+        "workers": "2 × 1 CPU", "streaming_workers": sum(streaming), "total_s": round(sum(times.values()), 3), **times, "iterations": result.n_iter, "s_per_iteration": significant(float(np.mean(per_iter))),
+        "s_per_iteration_min": significant(float(np.min(per_iter))), "inertia": result.inertia,
         "peak_rss_gib": round(mem.peak / GIB, 3),
     }
     return out
@@ -158,7 +158,7 @@ def sklearn_fit(paths: list[Path], case: dict, dist: dict) -> dict:
     per_iter = (full - short) / done if done > 0 and full > short else full / km.n_iter_
     return {
         "threads": 2, "total_s": round(pca_s + init_s + full, 3), "pca_s": round(pca_s, 3), "init_s": round(init_s, 3),
-        "kmeans_s": round(full, 3), "iterations": int(km.n_iter_), "s_per_iteration": round(per_iter, 4),
+        "kmeans_s": round(full, 3), "iterations": int(km.n_iter_), "s_per_iteration": significant(per_iter),
         "inertia": float(km.inertia_), "peak_rss_gib": round(mem.peak / GIB, 3),
         "adjusted_rand_vs_distributed": round(float(adjusted_rand_score(km.labels_, dist["labels"])), 6),
     }
