@@ -107,6 +107,11 @@ class EvalConfig:
         _choice(where + ".average", self.average, ("visit", "patient"))
 
 
+POOLS = ("mean", "last", "mean+last")
+DIRECT_INPUTS = ("prev_med", "hist_med", "diag", "proc", "hist_diag")
+TRAIN_BACKBONE = ("none", "embeddings")
+
+
 @dataclass
 class CodesBackboneConfig:
     d_model: int = 128
@@ -151,9 +156,23 @@ class ModelConfig:
     hf: HFBackboneConfig = field(default_factory=HFBackboneConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    # The patient vector the medication head (and stratification) sees: `mean` over visits / prompt
+    # tokens (the paper), `last` = the current visit's state (codes) or the last prompt token (hf),
+    # `mean+last` = both concatenated; mean pooling dilutes the current visit among earlier ones.
+    pool: str = "mean"
+    # Direct (wide) linear paths to the logits from multi-hot codes, beside the backbone:
+    # `prev_med` = the previous visit's medications (the copy/repeat signal: most drugs of a visit
+    # were given at the one before), `hist_med` / `hist_diag` = those of every earlier visit,
+    # `diag` / `proc` = the current visit's codes
+    direct: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         _choice(where + ".backbone", self.backbone, ("codes", "hf"))
+        _choice(where + ".pool", self.pool, POOLS)
+        for i, kind in enumerate(self.direct):
+            _choice(f"{where}.direct[{i}]", kind, DIRECT_INPUTS)
+        if len(set(self.direct)) != len(self.direct):
+            raise TrixmedError(where + ".direct", f"lists an input twice: {self.direct}")
         _choice(where + ".moe.router", self.moe.router, ("triage", "learned", "none"))
         if self.backbone == "hf" and not self.hf.path:
             raise TrixmedError(where + ".hf.path", "is required for backbone=hf (a local model directory)")
@@ -222,6 +241,15 @@ class WarmupConfig(PhaseConfig):
 @dataclass
 class ExpertsConfig(PhaseConfig):
     """Phase 3: the routed experts on every training patient, loss BCE + model.moe.aux_weight·L_aux."""
+
+    # What trains besides the LoRA experts, the router and the head: `none` (the paper: a frozen
+    # backbone) or `embeddings` (codes backbone: code, title-word, visit and position embeddings,
+    # which otherwise keep the warm-up's values, random for codes absent from its 30 % share)
+    train_backbone: str = "none"
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _choice(where + ".train_backbone", self.train_backbone, TRAIN_BACKBONE)
 
 
 @dataclass
@@ -366,6 +394,9 @@ class Config:
                 section.validate(f.name)
         if self.model.moe.ep_size > 1 and self.distributed.zero_stage == 3:
             raise TrixmedError("model.moe.ep_size", "experts partitioned over ranks need distributed.zero_stage 1 or 2 (DeepSpeed refuses MoE under ZeRO-3)")
+        if self.experts.train_backbone != "none" and self.model.backbone != "codes":
+            raise TrixmedError("experts.train_backbone", f"{self.experts.train_backbone!r} needs model.backbone codes "
+                               "(the hf backbone's base stays frozen; its experts are LoRA)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,3 +150,74 @@ def test_every_code_table_gets_a_gradient_without_history_meds(vocab, titles):
     out = model(batch)
     model.loss(batch, out, cfg.warmup)[0].backward()
     assert all(model.backbone.code_emb[k].weight.grad is not None for k in ("diag", "proc", "med"))
+
+
+def test_direct_inputs_are_exact_multi_hots_of_the_right_visit(vocab):
+    cfg = tiny_config("model.direct=[prev_med,hist_med,diag,proc,hist_diag]")
+    first = Visit((vocab.diag[0],), (), (vocab.med[1], vocab.med[2]))
+    second = Visit((vocab.diag[1],), (), (vocab.med[3],))
+    current = Visit((vocab.diag[3], vocab.diag[4]), (vocab.proc[1],), (vocab.med[0],))
+    samples = [Sample("a:1", "a", "train", (first, current)), Sample("b:0", "b", "train", (current,)),
+               Sample("c:2", "c", "train", (first, second, current))]
+    batch = build_collator(cfg, vocab)(samples)
+    assert batch["multi_hot_prev_med"][0].nonzero().flatten().tolist() == [1, 2]
+    assert batch["multi_hot_prev_med"][2].nonzero().flatten().tolist() == [3]
+    assert batch["multi_hot_hist_med"][2].nonzero().flatten().tolist() == [1, 2, 3]
+    assert batch["multi_hot_hist_diag"][2].nonzero().flatten().tolist() == [0, 1]
+    assert batch["multi_hot_hist_diag"][1].sum() == 0
+    assert batch["multi_hot_prev_med"][1].sum() == 0          # no visit before: no repeat signal
+    assert batch["multi_hot_diag"][0].nonzero().flatten().tolist() == [3, 4]
+    assert batch["multi_hot_proc"][1].nonzero().flatten().tolist() == [1]
+    assert "multi_hot_diag" not in build_collator(tiny_config(), vocab)(samples)
+
+
+def test_direct_paths_start_at_zero_and_train(vocab, titles):
+    plain_cfg, cfg = tiny_config(), tiny_config("model.direct=[prev_med,diag]")
+    torch.manual_seed(0)
+    plain = build_model(plain_cfg, vocab, phase="warmup", titles=titles).eval()
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab, phase="warmup", titles=titles).eval()
+    samples = make_samples(vocab, 6, seed=2)
+    batch = build_collator(cfg, vocab)(samples)
+    # zero-initialised: the same function as without the paths, until trained
+    torch.testing.assert_close(model(batch).logits, plain(build_collator(plain_cfg, vocab)(samples)).logits)
+    model.train()
+    model.loss(batch, model(batch), cfg.warmup)[0].backward()
+    assert model.direct["prev_med"].weight.grad.abs().sum() > 0 and model.direct["diag"].weight.shape == (len(vocab.med), len(vocab.diag))
+    exp = build_model(cfg, vocab, phase="experts", num_clusters=3, titles=titles)
+    assert exp.direct["diag"].weight.requires_grad and "direct.diag.weight" in exp.adapter_state_dict()
+
+
+@pytest.mark.parametrize("pool", ["last", "mean+last"])
+def test_pooling_of_the_current_visit(vocab, titles, pool):
+    cfg = tiny_config(f"model.pool={pool}")
+    model = _warm(cfg, vocab, titles)
+    samples = make_samples(vocab, 8, seed=3)
+    batch = build_collator(cfg, vocab)(samples)
+    hidden, mask, _ = model.backbone(batch)
+    out = model(batch)
+    last = torch.stack([hidden[i, int(mask[i].sum()) - 1] for i in range(len(samples))])
+    expected = last if pool == "last" else torch.cat([hidden.masked_fill(~mask[..., None], 0).sum(1) / mask.sum(1, keepdim=True), last], -1)
+    torch.testing.assert_close(out.pooled, expected, atol=1e-5, rtol=1e-5)
+    assert model.head.in_features == expected.shape[1]
+    short = min(samples, key=lambda s: len(s.visits))   # padding after the current visit changes nothing
+    torch.testing.assert_close(model(build_collator(cfg, vocab)([short])).logits,
+                               model(build_collator(cfg, vocab)([short, max(samples, key=lambda s: len(s.visits))])).logits[:1],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_experts_may_train_the_embeddings(vocab, titles):
+    from trixmed.models.model import set_backbone_trainable
+
+    cfg = tiny_config("experts.train_backbone=embeddings")
+    exp = build_model(cfg, vocab, phase="experts", num_clusters=3, titles=titles)
+    set_backbone_trainable(exp, cfg.experts.train_backbone)
+    trainable = {n for n, p in exp.named_parameters() if p.requires_grad}
+    assert {"backbone.code_emb.diag.weight", "backbone.word_emb.weight", "backbone.visit_proj.weight",
+            "backbone.pos_emb.weight"} <= trainable
+    # the encoder stays frozen: only its LoRA experts train
+    assert not any(n.startswith("backbone.layers.") and ".experts_" not in n for n in trainable)
+    with pytest.raises(TrixmedError) as exc:
+        tiny_config("experts.train_backbone=embeddings", "model.backbone=hf", "model.hf.path=/x")
+    assert str(exc.value) == ("<defaults>: experts.train_backbone: 'embeddings' needs model.backbone codes "
+                              "(the hf backbone's base stays frozen; its experts are LoRA)")

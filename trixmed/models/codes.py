@@ -80,6 +80,10 @@ class CodesBackbone(nn.Module):
         self.layers = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
 
+    def embedding_modules(self) -> list[nn.Module]:
+        """Everything before the encoder: what turns codes into visit vectors."""
+        return [m for m in (self.code_emb, self.word_emb, self.visit_proj, self.pos_emb) if m is not None]
+
     def _table(self, kind: str) -> Tensor:
         weight = self.code_emb[kind].weight
         if self.word_emb is None:

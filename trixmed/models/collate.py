@@ -5,7 +5,8 @@ codes batch:  diag / proc / med [B, V, L] long code ids (pad = vocabulary size; 
               visit_mask [B, V] bool; the `max_visits` most recent visits are kept.
 hf batch:     input_ids / attention_mask / prompt_mask [B, L], and lm_labels [B, L] (-100 outside the
               output tokens) when the output text is appended for the warm-up LM loss.
-both:         labels [B, n_med] float, and cluster [B] long when cluster ids are given.
+both:         labels [B, n_med] float, multi_hot_<input> [B, vocabulary] for each `model.direct`
+              input (prev_med, hist_med, diag, proc, hist_diag), and cluster [B] long when cluster ids are given.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build_collator(cfg: Config, vocab: Vocab, *, tokenizer: Any = None, titles: 
     """`collate(samples, clusters=None)`. hf: `with_output` (default: warmup.lm_weight > 0) appends the
     medication text after the prompt for the LM loss; prompt states are unaffected (causal)."""
     if cfg.model.backbone == "codes":
-        return _CodesCollator(vocab, cfg.model.codes.max_visits)
+        return _CodesCollator(vocab, cfg.model.codes.max_visits, tuple(cfg.model.direct))
     if tokenizer is None:
         raise ValueError("build_collator: backbone=hf needs the model's tokenizer")
     if titles is None:
@@ -40,19 +41,28 @@ def build_collator(cfg: Config, vocab: Vocab, *, tokenizer: Any = None, titles: 
     return _TextCollator(cfg, vocab, tokenizer, titles, with_output)
 
 
-def _labels(samples: list[Sample], vocab: Vocab) -> Tensor:
-    index = vocab.index("med")
-    out = torch.zeros(len(samples), len(vocab.med))
+# model.direct input → (code kind, visits as a slice of the sample's visits)
+_DIRECT = {"prev_med": ("med", slice(-2, -1)), "hist_med": ("med", slice(None, -1)),
+           "diag": ("diag", slice(-1, None)), "proc": ("proc", slice(-1, None)), "hist_diag": ("diag", slice(None, -1))}
+
+
+def _multi_hot(samples: list[Sample], vocab: Vocab, kind: str, visits: slice) -> Tensor:
+    """Multi-hot union of the `kind` codes of each sample's `visits` (none → zeros)."""
+    index = vocab.index(kind)
+    out = torch.zeros(len(samples), len(index))
     for r, s in enumerate(samples):
-        for c in s.target:
+        for c in {c for v in s.visits[visits] for c in getattr(v, kind)}:
             if c not in index:
-                raise TrixmedError(f"sample {s.visit_key}", f"medication {c!r} is not in the dataset vocabulary")
+                raise TrixmedError(f"sample {s.visit_key}", f"{kind} code {c!r} is not in the dataset vocabulary")
             out[r, index[c]] = 1.0
     return out
 
 
-def _finish(batch: dict[str, Tensor], samples: list[Sample], vocab: Vocab, clusters: list[int] | None) -> dict[str, Tensor]:
-    batch["labels"] = _labels(samples, vocab)
+def _finish(batch: dict[str, Tensor], samples: list[Sample], vocab: Vocab, clusters: list[int] | None,
+            direct: tuple[str, ...]) -> dict[str, Tensor]:
+    batch["labels"] = _multi_hot(samples, vocab, "med", slice(-1, None))
+    for name in direct:
+        batch[f"multi_hot_{name}"] = _multi_hot(samples, vocab, *_DIRECT[name])
     if clusters is not None:
         if len(clusters) != len(samples):
             raise ValueError(f"collate: {len(clusters)} cluster ids for {len(samples)} samples")
@@ -61,8 +71,8 @@ def _finish(batch: dict[str, Tensor], samples: list[Sample], vocab: Vocab, clust
 
 
 class _CodesCollator:
-    def __init__(self, vocab: Vocab, max_visits: int):
-        self.vocab, self.max_visits = vocab, max_visits
+    def __init__(self, vocab: Vocab, max_visits: int, direct: tuple[str, ...]):
+        self.vocab, self.max_visits, self.direct = vocab, max_visits, direct
         self.index = {k: vocab.index(k) for k in ("diag", "proc", "med")}
 
     def __call__(self, samples: list[Sample], clusters: list[int] | None = None) -> dict[str, Tensor]:
@@ -88,12 +98,13 @@ class _CodesCollator:
             mask[i, : len(vs)] = True
             pos[i, : len(vs)] = torch.arange(len(vs) - 1, -1, -1)
         batch["visit_mask"], batch["visit_pos"] = mask, pos
-        return _finish(batch, samples, self.vocab, clusters)
+        return _finish(batch, samples, self.vocab, clusters, self.direct)
 
 
 class _TextCollator:
     def __init__(self, cfg: Config, vocab: Vocab, tokenizer: Any, titles: Any, with_output: bool):
         self.cfg, self.vocab, self.tok, self.titles, self.with_output = cfg, vocab, tokenizer, titles, with_output
+        self.direct = tuple(cfg.model.direct)
         self.max_length = cfg.model.hf.max_length
 
     def _count(self, text: str) -> int:
@@ -124,4 +135,4 @@ class _TextCollator:
         batch = {"input_ids": ids, "attention_mask": attn, "prompt_mask": prompt_mask}
         if self.with_output:
             batch["lm_labels"] = labels
-        return _finish(batch, samples, self.vocab, clusters)
+        return _finish(batch, samples, self.vocab, clusters, self.direct)

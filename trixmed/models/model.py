@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -41,11 +42,17 @@ class ModelOutput:
 
 
 class MedRecModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, backbone: nn.Module, n_med: int, phase: str, num_clusters: int | None):
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module, sizes: dict[str, int], phase: str, num_clusters: int | None):
         super().__init__()
         self.cfg, self.phase, self.num_clusters = cfg, phase, num_clusters
         self.backbone = backbone
-        self.head = nn.Linear(backbone.hidden_size, n_med)
+        self.sizes = dict(sizes)   # vocabulary sizes: diag, proc, med
+        n_med = sizes["med"]
+        self.head = nn.Linear(backbone.hidden_size * (2 if cfg.pool == "mean+last" else 1), n_med)
+        # zero-initialised: the model starts exactly as without them
+        self.direct = nn.ModuleDict({name: nn.Linear(sizes[direct_kind(name)], n_med, bias=False) for name in cfg.direct})
+        for lin in self.direct.values():
+            nn.init.zeros_(lin.weight)
         moe = cfg.moe
         self.router: nn.Module | None = None
         if phase == "experts" and moe.router == "triage":
@@ -82,10 +89,12 @@ class MedRecModel(nn.Module):
             for m in self.moe_layers:
                 m.dispatch = dispatch
         hidden, mask, lm_loss = self.backbone(batch)
-        pooled = masked_mean(hidden.float(), mask)
+        pooled = pool_states(hidden.float(), mask, self.cfg.pool)
         # under DeepSpeed bf16/fp16 the head's weights are half precision: feed it its own dtype,
         # and score the loss in fp32
         logits = self.head(pooled.to(self.head.weight.dtype)).float()
+        for kind, lin in self.direct.items():
+            logits = logits + lin(batch[f"multi_hot_{kind}"].to(lin.weight.dtype)).float()
         if routing is None:
             return ModelOutput(logits, pooled, logits.new_zeros(()), lm_loss, None, None)
         return ModelOutput(logits, pooled, routing.aux_loss, lm_loss, routing.counts, routing.gates)
@@ -133,10 +142,37 @@ class MedRecModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """LoRA / MoE-LoRA experts, router and medication head: what differs from the base model."""
         return {k: v for k, v in self.state_dict().items()
-                if "lora_" in k or ".experts_" in k or k.startswith(("router.", "head."))}
+                if "lora_" in k or ".experts_" in k or k.startswith(("router.", "head.", "direct."))}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+
+def direct_kind(name: str) -> str:
+    """The code kind of a `model.direct` input: prev_med / hist_med → med, hist_diag → diag."""
+    return name.rpartition("_")[2]
+
+
+def pool_states(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """The patient vector from states [B, T, H] and their mask [B, T] (valid positions first):
+    `mean`, `last` (the last valid position: the current visit, or the prompt's last token) or
+    `mean+last` concatenated."""
+    mean = masked_mean(hidden, mask)
+    if how == "mean":
+        return mean
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = hidden[torch.arange(len(hidden), device=hidden.device), (mask.long() * positions).argmax(dim=1)]
+    return last if how == "last" else torch.cat([mean, last], dim=-1)
+
+
+def set_backbone_trainable(model: MedRecModel, what: str) -> None:
+    """What of the frozen backbone the experts phase trains too (`experts.train_backbone`)."""
+    if what == "none":
+        return
+    if not isinstance(model.backbone, CodesBackbone):
+        raise ValueError(f"train_backbone={what!r} needs the codes backbone")
+    for module in model.backbone.embedding_modules():
+        module.requires_grad_(True)
 
 
 def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | None = None,
@@ -180,7 +216,7 @@ def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters
         backbone = HFBackbone(mcfg.hf, lora)   # peft: base frozen, LoRA trainable
         if phase == "experts" and moe.router != "none":
             _peft_to_moe(backbone, moe.num_experts, lora)
-    return MedRecModel(mcfg, backbone, sizes["med"], phase, num_clusters)
+    return MedRecModel(mcfg, backbone, sizes, phase, num_clusters)
 
 
 def _peft_to_moe(backbone: nn.Module, num_experts: int, lora) -> None:
@@ -211,8 +247,7 @@ def save_model(model: MedRecModel, directory: str | Path, state: dict[str, Tenso
         state = {k: v for k, v in state.items() if k in keep}
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
-        sizes = {"diag": model.backbone.sizes["diag"], "proc": model.backbone.sizes["proc"]} if model.cfg.backbone == "codes" else {}
-        sizes["med"] = model.head.out_features
+        sizes = {k: model.sizes[k] for k in ("diag", "proc", "med")}
         title = getattr(model.backbone, "word_emb", None)
         write_json(tmp / META_FILE, {
             "model": to_dict(model.cfg), "phase": model.phase, "num_clusters": model.num_clusters, "sizes": sizes,

@@ -26,7 +26,7 @@ from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
 _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_stage", "precision"))
 # what the warm-up model and its features depend on: not the MoE section, so a sweep over the
 # number of clusters, experts or top-n reuses one warm-up and one feature extraction
-_BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora")
+_BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora", "model.pool", "model.direct")
 # what the clusters depend on: not the number of workers that computed them
 _STRATIFY_KEYS = tuple(f"stratify.{k}" for k in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_tol",
                                                   "kmeans_init", "kmeans_n_init", "profile_top"))

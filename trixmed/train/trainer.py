@@ -59,6 +59,7 @@ def build_phase_model(cfg: Config, ds: Dataset, phase: str, rd: RunDir) -> torch
     """The model a phase trains; the experts start from the saved warm-up model."""
     from trixmed.cluster import ClusterTransform
     from trixmed.models import build_model, load_model
+    from trixmed.models.model import set_backbone_trainable
 
     if phase == "warmup":
         return build_model(cfg, ds.vocab, phase="warmup")
@@ -66,6 +67,7 @@ def build_phase_model(cfg: Config, ds: Dataset, phase: str, rd: RunDir) -> torch
     model = build_model(cfg, ds.vocab, phase="experts", num_clusters=k)
     warm = load_model(rd.model("warmup"), cfg, ds.vocab)
     model.init_experts_from_warmup(warm.state_dict())
+    set_backbone_trainable(model, cfg.experts.train_backbone)
     return model
 
 
