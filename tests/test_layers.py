@@ -19,6 +19,7 @@ ALLOWED = {
     "models": {"errors", "paths", "io", "config", "data", "text", "models"},
     "cluster": {"errors", "io", "config", "data", "text", "cluster"},
     "eval": {"errors", "io", "config", "data", "eval"},
+    "baselines": {"errors", "io", "console", "config", "run_dir", "data", "eval", "baselines"},
     "parallel": {"errors", "models", "parallel"},
     # a sweep's trials run pipeline stages; the command line calls the sweep, never the reverse
     "tune": {"errors", "paths", "io", "console", "config", "run_dir", "data", "text", "models", "cluster", "eval",

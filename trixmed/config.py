@@ -96,6 +96,14 @@ class EvalConfig:
     threshold: float | None = None   # None → choose on validation
     # visit: mean over visits (the issue's definition); patient: mean of per-patient means (SafeDrug's eval)
     average: str = "visit"
+    # DDI-aware decoding (trixmed/eval/decode.py): drug j joins a set when p_j ≥ threshold + α·(chosen
+    # drugs interacting with j). A number fixes α (0 = plain thresholding); null chooses α on
+    # validation: the best validation Jaccard with a validation DDI rate ≤ `ddi_target`, a number
+    # or `ground_truth` (the validation split's own DDI rate).
+    ddi_alpha: float | None = 0.0
+    ddi_target: float | str = "ground_truth"
+    # the α of the safety curve written beside the metrics (validation and test) and of the choice
+    ddi_alpha_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 
     def validate(self, where: str) -> None:
         if self.bootstrap_rounds < 1:
@@ -105,6 +113,12 @@ class EvalConfig:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise TrixmedError(where + ".threshold", f"must be in [0, 1] or null, got {self.threshold}")
         _choice(where + ".average", self.average, ("visit", "patient"))
+        if self.ddi_alpha is not None and self.ddi_alpha < 0:
+            raise TrixmedError(where + ".ddi_alpha", f"must be >= 0 or null, got {self.ddi_alpha}")
+        if self.ddi_target != "ground_truth" and (isinstance(self.ddi_target, str) or not 0 <= self.ddi_target <= 1):
+            raise TrixmedError(where + ".ddi_target", f"must be a rate in [0, 1] or ground_truth, got {self.ddi_target!r}")
+        if not self.ddi_alpha_grid or any(a < 0 for a in self.ddi_alpha_grid):
+            raise TrixmedError(where + ".ddi_alpha_grid", f"must be a non-empty list of α >= 0, got {self.ddi_alpha_grid}")
 
 
 POOLS = ("mean", "last", "mean+last")
@@ -253,6 +267,27 @@ class ExpertsConfig(PhaseConfig):
 
 
 @dataclass
+class BaselinesConfig:
+    """`trixmed baseline lr|mlp`: multi-hot baselines in the same harness (trixmed/baselines/)."""
+
+    hidden: int = 512          # mlp: width of the hidden layer (512 + dropout 0.5: best validation Jaccard on MIMIC-III of 256/0.3, 512/0.5)
+    dropout: float = 0.5       # mlp: dropout after the hidden layer
+    epochs: int = 30           # at most; the epoch with the best validation Jaccard is kept
+    patience: int = 3          # epochs without validation gain before stopping; 0 = off
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 128
+
+    def validate(self, where: str) -> None:
+        _at_least(where, self, ("hidden", "epochs", "batch_size"), 1)
+        _at_least(where, self, ("patience", "weight_decay"), 0)
+        if self.lr <= 0:
+            raise TrixmedError(where + ".lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise TrixmedError(where + ".dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class DistributedConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -383,6 +418,7 @@ class Config:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     test_hooks: TestHooksConfig = field(default_factory=TestHooksConfig)

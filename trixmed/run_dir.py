@@ -8,6 +8,8 @@
         experts/        phase 3: model/, history.json
         eval/           evaluate: metrics.json, metrics.md, predictions_{val,test}.jsonl
                         (+ ablations.json, optional rows for the report)
+        baselines/<name>/ `trixmed baseline lr|mlp`: model.safetensors, baseline.json (training history),
+                        predictions_{val,test}.jsonl, metrics.json, metrics.md (the same harness as eval/)
         report/         `trixmed report`: report.html, report.md, figures/, report.json, coherence.json
         run.json        per stage: input hash, config hash, wall time, finish time, summary
         logs/           Ray's, DeepSpeed's and the workers' own output (the console stays quiet),
@@ -117,6 +119,10 @@ class RunDir:
 
     def predictions(self, split: str) -> Path:
         return self.eval / f"predictions_{split}.jsonl"
+
+    def baseline(self, name: str) -> Path:
+        """`trixmed baseline NAME`: model, predictions, metrics and table of one baseline."""
+        return self.root / "baselines" / name
 
     @property
     def ablations(self) -> Path:

@@ -61,16 +61,17 @@ def read_predictions(path: str | Path, med_vocab: list[str]) -> Predictions:
 
 
 def write_predictions(path: str | Path, visit_keys: list[str], probs: np.ndarray, med_vocab: list[str],
-                      threshold: float) -> None:
-    """Write model scores as a JSON-lines predictions file (atomically): the set at `threshold`
-    and every drug's probability, in the format `read_predictions` reads back."""
+                      predicted: np.ndarray) -> None:
+    """Write model scores as a JSON-lines predictions file (atomically): the decided sets
+    (`predicted`, [N, n_med] bool) and every drug's probability, in the format `read_predictions`
+    reads back."""
     from trixmed.io import atomic_file
 
     with atomic_file(path) as fh:
-        for key, p in zip(visit_keys, probs):
+        for key, p, chosen in zip(visit_keys, probs, predicted):
             row = {
                 "visit_key": key,
-                "predicted": [med_vocab[j] for j in np.flatnonzero(p >= threshold)],
+                "predicted": [med_vocab[j] for j in np.flatnonzero(chosen)],
                 "probabilities": {med_vocab[j]: float(p[j]) for j in range(len(med_vocab))},
             }
             fh.write(json.dumps(row) + "\n")

@@ -147,28 +147,16 @@ def _stratify(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> 
 
 def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> dict[str, Any]:
     from trixmed.data.dataset import Dataset
-    from trixmed.eval.evaluate import evaluate_predictions, format_table
-    from trixmed.eval.metrics import choose_threshold
-    from trixmed.eval.predictions import Predictions, write_predictions
+    from trixmed.eval.selection import SPLITS, select_and_score
     from trixmed.pipeline.predict import model_predictions
 
     ds = Dataset(rd.dataset)
-    preds = {split: model_predictions(cfg, rd, ds, split) for split in ("val", "test")}
-    # the decision threshold is chosen on validation only; test is scored once with it
-    threshold = cfg.eval.threshold
-    if threshold is None:
-        val = preds["val"]
-        threshold = float(choose_threshold(ds.multi_hot([s.target for s in val.samples]), val.probs))
-    for split, p in preds.items():
-        write_predictions(out / rd.predictions(split).name, [s.visit_key for s in p.samples], p.probs, ds.vocab.med, threshold)
-    test = preds["test"]
-    scored = Predictions([s.visit_key for s in test.samples], test.probs >= threshold, test.probs.astype(np.float64))
-    result = evaluate_predictions(ds, scored, "test", cfg.eval)
-    result["threshold"] = threshold
-    result["threshold_chosen_on"] = "val" if cfg.eval.threshold is None else "config"
-    write_json(out / rd.metrics.name, result)
-    (out / rd.metrics_table.name).write_text(format_table(result) + "\n", encoding="utf-8")
-    return {"threshold": threshold, **{k: v["mean"] for k, v in result["metrics"].items()}}
+    preds = {split: model_predictions(cfg, rd, ds, split) for split in SPLITS}
+    # the threshold and the safety weight are chosen on validation only; test is scored once
+    result = select_and_score(ds, cfg.eval, {split: (p.samples, p.probs) for split, p in preds.items()}, out,
+                              {split: rd.predictions(split).name for split in SPLITS}, rd.metrics.name, rd.metrics_table.name)
+    return {"threshold": result["threshold"], "ddi_alpha": result["ddi_alpha"],
+            **{k: v["mean"] for k, v in result["metrics"].items()}}
 
 
 STAGES: dict[str, Stage] = {
