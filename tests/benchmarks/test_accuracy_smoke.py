@@ -1,0 +1,54 @@
+"""benchmarks/accuracy.py end to end with `--smoke`: every model of the table (two baselines, the
+TRIXMED ablations, TRIXMED) through the product's commands on the demo, rows in the issue's
+format, a kept job not re-run, and the Markdown table built from the rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = {"LR (per-drug logistic regression)", "MLP (2 layers)", "TRIXMED w/o MoE (one LoRA)",
+          "Std. MoE (learned gate, no clusters)", "TRIXMED"}
+
+
+def _smoke(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "benchmarks/accuracy.py", "--smoke", "--out", str(out), "--work-dir", str(work), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"accuracy.py --smoke exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert f"wrote {out}" in proc.stdout
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1600)
+def test_accuracy_smoke(tmp_path: Path) -> None:
+    out, work = tmp_path / "accuracy.json", tmp_path / "work"
+    first = _smoke(out, work)
+    rows = json.loads(out.read_text())
+    assert {r["model"] for r in rows} == MODELS
+    assert len(rows) == 2 * len(MODELS) and {r["average"] for r in rows} == {"visit", "patient"}
+    for r in rows:
+        assert set(r) == {"dataset", "protocol", "model", "config", "seed", "selected_on", "metrics", "average"}
+        assert r["selected_on"] == "val" and r["dataset"] == "mimic3_demo" and r["protocol"] == "safedrug"
+        assert set(r["metrics"]) == {"jaccard", "f1", "prauc", "ddi_rate", "avg_drugs"}
+        assert all(0 <= m["mean"] <= (60 if k == "avg_drugs" else 1) and m["std"] >= 0 for k, m in r["metrics"].items())
+    by = {(r["model"], r["average"]): r for r in rows}
+    # the ablations are the headline config with one router override each
+    assert "model.moe.router=none" in by[("TRIXMED w/o MoE (one LoRA)", "visit")]["config"]
+    assert "model.moe.router" not in by[("TRIXMED", "visit")]["config"]
+    run = json.loads((tmp_path / "accuracy_run.json").read_text())
+    assert run["smoke"] is True and run["total_wall_s"] > 0 and len(run["attempts"]) == 1
+    table = out.with_suffix(".md").read_text()
+    j = by[("MLP (2 layers)", "visit")]["metrics"]["jaccard"]
+    assert f"| MLP (2 layers) | {j['mean']:.4f} ± {j['std']:.4f} |" in table
+    assert "trixmed.cli" in (work / "jobs").joinpath(next(p.name for p in (work / "jobs").glob("*TRIXMED.log"))).read_text()
+
+    # a second invocation keeps every finished job: nothing is trained again
+    second = _smoke(out, work)
+    assert "[accuracy]" not in second.stdout and "[accuracy]" in first.stdout
+    assert json.loads(out.read_text()) == rows
