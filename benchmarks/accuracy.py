@@ -364,14 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         jobs = [j for j in jobs if any(s in j.name for s in args.only)]
     t0 = time.perf_counter()
-    results = {job.name: bench.run_job(job) for job in jobs}
-    from trixmed.cli import COMMANDS
-
-    if transfer_plan and "transfer" not in COMMANDS:
-        print("[accuracy] zero-shot transfer skipped: this trixmed has no `transfer` command", flush=True)
+    if args.only:
         transfer_plan = []
-    transfers = {f"transfer__{s[0]}__to__{t[0]}": bench.transfer(s, t) for s, t in transfer_plan
-                 if not args.only and all(bench.run_dir(*x).joinpath("eval").is_dir() for x in (s, t))}
+    results: dict[str, dict] = {}
+    transfers: dict[str, dict] = {}
+    for job in jobs:
+        results[job.name] = bench.run_job(job)
+        # a transfer runs as soon as the headline models of its two datasets are trained
+        for source, target in [st for st in transfer_plan if all(
+                Job(*case, HEADLINE_MODEL).name in results for case in st)]:
+            transfers[f"transfer__{source[0]}__to__{target[0]}"] = bench.transfer(source, target)
+            transfer_plan.remove((source, target))
     headline = Job(*(("mimic3_demo", "safedrug") if args.smoke else HEADLINE), HEADLINE_MODEL)
     report: dict = {
         "smoke": args.smoke, "machine": machine(), "work_dir": str(work),

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experts": ("trixmed.commands.stage", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
     "evaluate": ("trixmed.commands.evaluate", "score a trained run (threshold on val, bootstrap on test) or any predictions file → table + JSON"),
     "baseline": ("trixmed.commands.baseline", "a multi-hot baseline (lr, mlp) trained and scored by the same harness → baselines/<name>/"),
+    "transfer": ("trixmed.commands.transfer", "zero-shot: a trained run on this config's dataset (codes mapped by string) → transfer/<source>/"),
     "predict": ("trixmed.commands.predict", "a patient's visits as JSON → ranked medications, cluster and expert weights"),
     "explain": ("trixmed.commands.explain", "a patient → cluster, experts, similar training patients, cluster profile"),
     "report": ("trixmed.commands.report", "a run or a Tune experiment → HTML/Markdown report"),

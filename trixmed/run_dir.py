@@ -10,6 +10,8 @@
                         (+ ablations.json, optional rows for the report)
         baselines/<name>/ `trixmed baseline lr|mlp`: model.safetensors, baseline.json (training history),
                         predictions_{val,test}.jsonl, metrics.json, metrics.md (the same harness as eval/)
+        transfer/<source>/ `trixmed transfer --from SOURCE`: predictions_test.jsonl, metrics.json (with the
+                        code coverage), metrics.md of another run applied zero-shot to this dataset
         report/         `trixmed report`: report.html, report.md, figures/, report.json, coherence.json
         run.json        per stage: input hash, config hash, wall time, finish time, summary
         logs/           Ray's, DeepSpeed's and the workers' own output (the console stays quiet),
@@ -119,6 +121,10 @@ class RunDir:
 
     def predictions(self, split: str) -> Path:
         return self.eval / f"predictions_{split}.jsonl"
+
+    def transfer(self, source: str) -> Path:
+        """`trixmed transfer --from SOURCE`: that run's zero-shot scores on this run's test split."""
+        return self.root / "transfer" / source
 
     def baseline(self, name: str) -> Path:
         """`trixmed baseline NAME`: model, predictions, metrics and table of one baseline."""

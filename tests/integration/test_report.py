@@ -16,9 +16,8 @@ from browser import check_page, console_errors, render
 
 from trixmed.config import load_config
 from trixmed.data.dataset import Dataset
-from trixmed.pipeline.stages import run_pipeline
 from trixmed.run_dir import RunDir
-from trixmed.testing import TINY_OVERRIDES, make_tiny_dataset
+from trixmed.testing import TINY_OVERRIDES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 PATIENT = {"visits": [
@@ -28,14 +27,10 @@ PATIENT = {"visits": [
 
 
 @pytest.fixture(scope="module")
-def run(ray_session, tmp_path_factory):
-    root = tmp_path_factory.mktemp("report-run")
-    make_tiny_dataset(root)
-    run_pipeline(load_config(None, [*TINY_OVERRIDES, f"run_dir={root}"]),
-                 stages=["warmup", "extract", "stratify", "experts", "evaluate"])
-    patient = root.parent / "patient.json"
+def run(trained_tiny_run):
+    patient = trained_tiny_run.parent / "patient.json"
     patient.write_text(json.dumps(PATIENT))
-    return root, patient
+    return trained_tiny_run, patient
 
 
 @pytest.fixture(scope="module")

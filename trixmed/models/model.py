@@ -257,16 +257,22 @@ def save_model(model: MedRecModel, directory: str | Path, state: dict[str, Tenso
             model.backbone.peft.save_pretrained(str(tmp / "adapter"))
 
 
+def saved_model_config(directory: str | Path) -> ModelConfig:
+    """The model config a saved model was built with."""
+    directory = Path(directory)
+    for name in (META_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise TrixmedError(directory / name, "missing; not a saved trixmed model")
+    return from_dict(ModelConfig, read_json(directory / META_FILE)["model"], str(directory / META_FILE), "model")
+
+
 def load_model(directory: str | Path, cfg: Config, vocab: Vocab) -> MedRecModel:
     """Rebuild a saved model. Its own model config wins, except `model.hf.path` when cfg sets one."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    for name in (META_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise TrixmedError(directory / name, "missing; not a saved trixmed model")
+    mcfg = saved_model_config(directory)
     meta = read_json(directory / META_FILE)
-    mcfg = from_dict(ModelConfig, meta["model"], str(directory / META_FILE), "model")
     if cfg.model.hf.path:
         mcfg = dataclasses.replace(mcfg, hf=dataclasses.replace(mcfg.hf, path=cfg.model.hf.path))
     sizes = vocab.sizes()

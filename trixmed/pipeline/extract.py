@@ -87,11 +87,7 @@ def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], p
 
     ensure_ray(cfg)
     quiet_library_logger("ray.data")
-    with warnings.catch_warnings():
-        # the context's first creation sets every dataclass field, deprecated ones included, and
-        # Ray 2.60 warns for each (use_push_based_shuffle, use_polars, ...) though none is set by us
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
-        context = ray.data.DataContext.get_current()
+    context = ray.data.DataContext.get_current()   # created quietly by ensure_ray
     context.enable_progress_bars = False      # the console draws one bar for the stage itself
     context.print_on_execution_start = False
     e = cfg.extract

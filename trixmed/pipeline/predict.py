@@ -83,19 +83,29 @@ def read_patient(path: str | Path, vocab: Vocab) -> Sample:
     return Sample(visit_key=f"input:{len(out) - 1}", patient_id="input", split="test", visits=tuple(out))
 
 
-def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, threshold: float) -> dict[str, Any]:
-    """Ranked medications with probabilities, the patient's cluster and the expert weights."""
+def route_new_patients(cfg: Config, rd: RunDir, vocab: Vocab, samples: list[Sample],
+                       progress: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Patients the run has never seen, through the training-time path: frozen warm-up model →
+    pooled features → the stored PCA/z-score/centroids → the experts with that cluster.
+    Returns the experts' `infer` output, the clusters and the distances to their centroids."""
     from trixmed.cluster import ClusterTransform
     from trixmed.models import load_model
-    from trixmed.text.titles import CodeTitles
     from trixmed.train.inference import collator_for, infer
 
-    collate = collator_for(cfg, ds.vocab)
-    warm = load_model(rd.model("warmup"), cfg, ds.vocab)
-    features = infer(warm, collate, [sample])["pooled"]
+    collate = collator_for(cfg, vocab)
+    warm = load_model(rd.model("warmup"), cfg, vocab)
+    features = infer(warm, collate, samples, progress=progress and f"{progress}: features")["pooled"]
     cluster, distance = ClusterTransform.load(rd.clusters).assign(features)
-    experts = load_model(rd.model("experts"), cfg, ds.vocab)
-    out = infer(experts, collate, [sample], [int(cluster[0])])
+    experts = load_model(rd.model("experts"), cfg, vocab)
+    out = infer(experts, collate, samples, cluster.tolist(), progress=progress and f"{progress}: experts")
+    return out, cluster, distance
+
+
+def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, threshold: float) -> dict[str, Any]:
+    """Ranked medications with probabilities, the patient's cluster and the expert weights."""
+    from trixmed.text.titles import CodeTitles
+
+    out, cluster, distance = route_new_patients(cfg, rd, ds.vocab, [sample])
     probs = out["probs"][0]
     order = np.argsort(-probs, kind="stable")
     titles = CodeTitles.default()

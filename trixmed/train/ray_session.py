@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,18 @@ def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
         link.unlink()   # an earlier session's, whose temp dir is gone (a requeued SLURM job, a cleaned /tmp)
     if not link.exists() and session_logs.is_dir():
         link.symlink_to(session_logs, target_is_directory=True)
+    quiet_data_context()
+
+
+def quiet_data_context() -> None:
+    """Create this process's Ray Data context now, quietly. Its first creation sets every dataclass
+    field, deprecated ones included, and Ray 2.60 warns for each (use_push_based_shuffle,
+    use_polars, ...) though nothing sets them; Ray Train and the extract stage create it later."""
+    import ray.data
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
+        ray.data.DataContext.get_current()
 
 
 def dashboard_url() -> str | None:
