@@ -102,8 +102,10 @@ class EvalConfig:
     # or `ground_truth` (the validation split's own DDI rate).
     ddi_alpha: float | None = 0.0
     ddi_target: float | str = "ground_truth"
-    # the α of the safety curve written beside the metrics (validation and test) and of the choice
-    ddi_alpha_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+    # the α of the safety curve written beside the metrics (validation and test) and of the choice;
+    # fine near 0, where the DDI rate falls fastest (MIMIC-III: 0.085 → 0.055 between α 0 and 0.05)
+    ddi_alpha_grid: list[float] = field(default_factory=lambda: [0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
+                                                                 0.1, 0.15, 0.2, 0.3, 0.5, 1.0])
 
     def validate(self, where: str) -> None:
         if self.bootstrap_rounds < 1:

@@ -44,7 +44,9 @@ def main(args: argparse.Namespace) -> int:
         raise TrixmedError(rd.metrics, "missing; explain needs a trained and evaluated run (`trixmed run`)")
     ds = Dataset(rd.dataset)
     sample = read_patient(args.patient, ds.vocab)
-    result = explain_patient(cfg, rd, ds, sample, float(read_json(rd.metrics)["threshold"]), neighbours=args.neighbours)
+    chosen = read_json(rd.metrics)   # the run's validation choices
+    result = explain_patient(cfg, rd, ds, sample, float(chosen["threshold"]), neighbours=args.neighbours,
+                             alpha=float(chosen.get("ddi_alpha") or 0.0))
     if args.json_out:
         write_json(args.json_out, result)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.format == "json" else format_explanation(result))

@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
         raise TrixmedError(metrics, "missing; predict needs a trained and evaluated run (`trixmed run`)")
     ds = Dataset(rd.dataset)
     sample = read_patient(args.input, ds.vocab)
-    result = predict_patient(cfg, rd, sample, ds, float(read_json(metrics)["threshold"]))
+    chosen = read_json(metrics)   # the run's validation choices
+    result = predict_patient(cfg, rd, sample, ds, float(chosen["threshold"]), float(chosen.get("ddi_alpha") or 0.0))
     if args.top > 0:
         result["medications"] = result["medications"][: args.top]
     text = json.dumps(result, indent=2)

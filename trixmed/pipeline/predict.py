@@ -101,18 +101,23 @@ def route_new_patients(cfg: Config, rd: RunDir, vocab: Vocab, samples: list[Samp
     return out, cluster, distance
 
 
-def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, threshold: float) -> dict[str, Any]:
-    """Ranked medications with probabilities, the patient's cluster and the expert weights."""
+def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, threshold: float,
+                    alpha: float = 0.0) -> dict[str, Any]:
+    """Ranked medications with probabilities, the patient's cluster and the expert weights; the
+    predicted set is decoded as the evaluate stage decodes it (threshold, DDI safety weight α)."""
+    from trixmed.eval.decode import decode_sets
     from trixmed.text.titles import CodeTitles
 
     out, cluster, distance = route_new_patients(cfg, rd, ds.vocab, [sample])
     probs = out["probs"][0]
+    chosen = decode_sets(probs[None], threshold, ds.ddi, alpha)[0]
     order = np.argsort(-probs, kind="stable")
     titles = CodeTitles.default()
     meds = ds.vocab.med
     result: dict[str, Any] = {
         "threshold": threshold,
-        "predicted": [meds[j] for j in order if probs[j] >= threshold],
+        "ddi_alpha": alpha,
+        "predicted": [meds[j] for j in order if chosen[j]],
         "medications": [{"code": meds[j], "name": titles.med(meds[j]), "probability": round(float(probs[j]), 6)} for j in order],
         "cluster": int(cluster[0]),
         "cluster_distance": round(float(distance[0]), 6),

@@ -29,7 +29,7 @@ PROFILE_CODES = 5     # codes per kind shown from the cluster profile
 
 
 def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, threshold: float, *,
-                    neighbours: int = 5) -> dict[str, Any]:
+                    neighbours: int = 5, alpha: float = 0.0) -> dict[str, Any]:
     """The explanation of `sample` (its last visit is the one prescribed for) as plain JSON data."""
     from trixmed.cluster import ClusterTransform
     from trixmed.models import load_model
@@ -39,7 +39,7 @@ def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, thresh
 
     cfg = trained_config(cfg, rd)
     titles = CodeTitles.default()
-    predicted = predict_patient(cfg, rd, sample, ds, threshold)
+    predicted = predict_patient(cfg, rd, sample, ds, threshold, alpha)
     warm = load_model(rd.model("warmup"), cfg, ds.vocab)
     features = infer(warm, collator_for(cfg, ds.vocab), [sample])["pooled"]
     transform = ClusterTransform.load(rd.clusters)
@@ -97,6 +97,7 @@ def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, thresh
             "med": coded("med", view.samples[i].target),
         } for r, i in enumerate(nearest)],
         "threshold": threshold,
+        "ddi_alpha": alpha,
         "recommendations": [{
             "code": code,
             "name": titles.med(code),
@@ -170,7 +171,8 @@ def format_explanation(e: dict[str, Any]) -> str:
                      "diagnoses " + _short_codes(nb["diag"]) + "; medications " + _short_codes(nb["med"]) + ".")
 
     n_earlier = len(p["earlier_visits"])
-    lines += ["", f"Recommended medications (probability ≥ {e['threshold']:.2f}, the threshold chosen on validation):"]
+    safety = f"; DDI safety weight α = {e['ddi_alpha']:g}" if e["ddi_alpha"] else ""
+    lines += ["", f"Recommended medications (probability ≥ {e['threshold']:.2f}, the threshold chosen on validation{safety}):"]
     if not e["recommendations"]:
         lines.append("  none reaches the threshold.")
     else:
