@@ -92,6 +92,7 @@ def test_format_explanation_reads_plainly():
                             "top_proc": [], "top_med": []},
         "similar_patients": [{"rank": 1, "distance": 0.1, "cluster": 1, "visits": 1, "diag": [code("4280", "Heart failure")], "med": []}],
         "threshold": 0.3,
+        "ddi_alpha": 0.0,
         "recommendations": [{"code": "B01A", "name": "Antithrombotics", "probability": 0.9, "cluster_share": 0.75,
                              "cohort_share": 0.5, "earlier_visits_with": 1, "interacts_with": ["N02B"]},
                             {"code": "N02B", "name": "Analgesics", "probability": 0.4, "cluster_share": 0.25,
@@ -104,6 +105,9 @@ def test_format_explanation_reads_plainly():
     assert "4280 Heart failure (50 %, ×2.0)" in text and "1. distance 0.10, cluster 1" in text
     assert re.search(r"0\.90 +75 % +50 % +1/1  B01A Antithrombotics  \[interacts with N02B\]", text)
     assert "(DDI matrix): 1: B01A + N02B." in text
+    assert "the threshold chosen on validation):" in text
+    e["ddi_alpha"] = 0.01   # a run decoded with a DDI safety weight says so
+    assert "the threshold chosen on validation; DDI safety weight α = 0.01):" in format_explanation(e)
     e["routing"] = {"router": "none", "num_experts": 1, "top_n": 1, "renormalize": False}
     e["recommendations"], e["interactions"] = [], []
     text = format_explanation(e)
