@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from _common import ROOT, add_output_args, machine, output_path
 
 from trixmed.io import atomic_file, read_json, write_json
 from trixmed.paths import shared_data_dir
+from trixmed.run_dir import RunDir
 
 METRICS = ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")
 CONFIG = "configs/mimic3_codes.yaml"
@@ -172,62 +174,63 @@ class Bench:
         at = command.index("--config")
         return hash_json(to_dict(load_config(ROOT / command[at + 1], command[at + 2:])))
 
-    def is_kept(self, kept: Path, command: list[str]) -> bool:
-        if not kept.is_file():
-            return False
-        old = read_json(kept)
-        return old["command"] == command and old.get("config_sha") == self.config_sha(command)
-
-    def run_job(self, job: Job) -> dict:
-        """Train and score one job unless its result is kept from an earlier run with the same command."""
-        kind, baseline, variant = MODELS[job.model]
-        run_dir = self.run_dir(job.dataset, job.protocol, job.run_tag)
-        overrides = [*self.overrides(job.dataset, job.protocol, run_dir), *variant, *job.extra]
-        command = (["baseline", baseline] if kind == "baseline" else ["run"]) + ["--config", self.config, *overrides]
-        kept = self.jobs_dir / f"{job.name}.json"
-        if self.is_kept(kept, command):
-            return read_json(kept)
-        log = self.jobs_dir / f"{job.name}.log"
+    def kept_or_run(self, name: str, command: list[str], banner: str,
+                    collect: Callable[[Path], dict]) -> tuple[dict, bool]:
+        """The kept result of job `name` if it ran with this command and effective config; else run
+        the command (its console to the job's log) and keep `collect(log)` with the timing.
+        Returns the result and whether it ran now."""
+        kept = self.jobs_dir / f"{name}.json"
+        sha = self.config_sha(command)
+        if kept.is_file():
+            old = read_json(kept)
+            if old["command"] == command and old.get("config_sha") == sha:
+                return old, False
+        log = self.jobs_dir / f"{name}.log"
         log.unlink(missing_ok=True)
-        print(f"[accuracy] {job.dataset} / {job.protocol} / {job.tag or job.model} …", flush=True)
+        print(f"[accuracy] {banner} …", flush=True)
         t0 = time.perf_counter()
         self.trixmed(*command, log=log)
-        out_dir = run_dir / "baselines" / baseline if kind == "baseline" else run_dir / "eval"
-        metrics = read_json(out_dir / "metrics.json")
-        test_pred, val_pred = out_dir / "predictions_test.jsonl", out_dir / "predictions_val.jsonl"
-        result = {
-            "command": command, "config_sha": self.config_sha(command), "wall_s": round(time.perf_counter() - t0, 1),
-            "visit": _metrics(metrics), "threshold": metrics.get("threshold"), "ddi_alpha": metrics.get("ddi_alpha"),
-            "patient": _metrics(self.rescore(run_dir / "dataset", test_pred, "test", "patient", log)),
-            "val": _metrics(self.rescore(run_dir / "dataset", val_pred, "val", "visit", log)),
-            "safety_curve": metrics.get("safety_curve"),
-        }
+        result = {"command": command, "config_sha": sha, "wall_s": round(time.perf_counter() - t0, 1), **collect(log)}
         write_json(kept, result)
-        print(f"[accuracy]   test Jaccard {result['visit']['jaccard']['mean']:.4f}  "
-              f"val {result['val']['jaccard']['mean']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
+        return result, True
+
+    def run_job(self, job: Job) -> dict:
+        """Train and score one model (kept from an earlier run when nothing changed)."""
+        kind, baseline, variant = MODELS[job.model]
+        run_dir = self.run_dir(job.dataset, job.protocol, job.run_tag)
+        rd = RunDir(run_dir)
+        overrides = [*self.overrides(job.dataset, job.protocol, run_dir), *variant, *job.extra]
+        command = (["baseline", baseline] if kind == "baseline" else ["run"]) + ["--config", self.config, *overrides]
+        out = rd.baseline(baseline) if kind == "baseline" else rd.eval
+
+        def collect(log: Path) -> dict:
+            metrics = read_json(out / rd.metrics.name)
+            return {
+                "visit": _metrics(metrics), "threshold": metrics.get("threshold"), "ddi_alpha": metrics.get("ddi_alpha"),
+                "patient": _metrics(self.rescore(rd.dataset, out / rd.predictions("test").name, "test", "patient", log)),
+                "val": _metrics(self.rescore(rd.dataset, out / rd.predictions("val").name, "val", "visit", log)),
+                "safety_curve": metrics.get("safety_curve"),
+            }
+
+        result, ran = self.kept_or_run(job.name, command, f"{job.dataset} / {job.protocol} / {job.tag or job.model}", collect)
+        if ran:
+            print(f"[accuracy]   test Jaccard {result['visit']['jaccard']['mean']:.4f}  "
+                  f"val {result['val']['jaccard']['mean']:.4f}  ({result['wall_s']:.0f} s)", flush=True)
         return result
 
     def transfer(self, source: tuple[str, str], target: tuple[str, str]) -> dict:
         """The headline model of `source` on `target`'s test split, without fine-tuning."""
-        src, dst = self.run_dir(*source), self.run_dir(*target)
-        name = f"transfer__{source[0]}__to__{target[0]}"
-        command = ["transfer", "--from", str(src), "--config", self.config, *self.overrides(target[0], target[1], dst)]
-        kept = self.jobs_dir / f"{name}.json"
-        if self.is_kept(kept, command):
-            return read_json(kept)
-        log = self.jobs_dir / f"{name}.log"
-        log.unlink(missing_ok=True)
-        print(f"[accuracy] zero-shot {source[0]} → {target[0]} …", flush=True)
-        t0 = time.perf_counter()
-        self.trixmed(*command, log=log)
-        metrics = read_json(dst / "transfer" / src.name / "metrics.json")
-        result = {"command": command, "config_sha": self.config_sha(command), "wall_s": round(time.perf_counter() - t0, 1),
-                  "visit": _metrics(metrics),
-                  "patient": _metrics(self.rescore(dst / "dataset", dst / "transfer" / src.name / "predictions_test.jsonl",
-                                                   "test", "patient", log)),
-                  "coverage": metrics.get("coverage")}
-        write_json(kept, result)
-        return result
+        src, dst = self.run_dir(*source), RunDir(self.run_dir(*target))
+        command = ["transfer", "--from", str(src), "--config", self.config, *self.overrides(target[0], target[1], dst.root)]
+        out = dst.transfer(src.name)
+
+        def collect(log: Path) -> dict:
+            metrics = read_json(out / dst.metrics.name)
+            return {"visit": _metrics(metrics), "coverage": metrics.get("coverage"),
+                    "patient": _metrics(self.rescore(dst.dataset, out / dst.predictions("test").name, "test", "patient", log))}
+
+        return self.kept_or_run(f"transfer__{source[0]}__to__{target[0]}", command,
+                                f"zero-shot {source[0]} → {target[0]}", collect)[0]
 
 
 def _metrics(result: dict) -> dict:

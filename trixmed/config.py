@@ -124,7 +124,9 @@ class EvalConfig:
 
 
 POOLS = ("mean", "last", "mean+last")
-DIRECT_INPUTS = ("prev_med", "hist_med", "diag", "proc", "hist_diag")
+# model.direct input → (code kind, which of a sample's visits: a slice, the current visit last)
+DIRECT_INPUTS = {"prev_med": ("med", slice(-2, -1)), "hist_med": ("med", slice(None, -1)),
+                 "diag": ("diag", slice(-1, None)), "proc": ("proc", slice(-1, None)), "hist_diag": ("diag", slice(None, -1))}
 TRAIN_BACKBONE = ("none", "embeddings")
 
 
@@ -186,7 +188,7 @@ class ModelConfig:
         _choice(where + ".backbone", self.backbone, ("codes", "hf"))
         _choice(where + ".pool", self.pool, POOLS)
         for i, kind in enumerate(self.direct):
-            _choice(f"{where}.direct[{i}]", kind, DIRECT_INPUTS)
+            _choice(f"{where}.direct[{i}]", kind, tuple(DIRECT_INPUTS))
         if len(set(self.direct)) != len(self.direct):
             raise TrixmedError(where + ".direct", f"lists an input twice: {self.direct}")
         _choice(where + ".moe.router", self.moe.router, ("triage", "learned", "none"))

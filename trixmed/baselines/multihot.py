@@ -78,14 +78,14 @@ def predict(model: nn.Module, feats: MultiHotFeatures, batch_size: int = 1024) -
                            for i in range(0, len(rows), batch_size)]) if len(rows) else np.zeros((0, 0))
 
 
-def train_baseline(name: str, train: list[Sample], val: list[Sample], vocab: Vocab, y: dict[str, np.ndarray],
+def train_baseline(name: str, feats: dict[str, MultiHotFeatures], y: dict[str, np.ndarray],
                    cfg: BaselinesConfig, seed: int, ddi: np.ndarray,
                    on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
-    """Train `name` on `train`, keeping the epoch with the best validation Jaccard; `y[split]` is the
-    multi-hot truth. Returns the model (best epoch's weights) and the per-epoch history."""
+    """Train `name` on the train features, keeping the epoch with the best validation Jaccard;
+    `feats[split]` and `y[split]` (multi-hot truth) for train and val. Returns the model (best
+    epoch's weights) and the per-epoch history."""
     torch.manual_seed(seed)
-    feats = {"train": MultiHotFeatures.build(train, vocab), "val": MultiHotFeatures.build(val, vocab)}
-    model = build_baseline(name, feats["train"].width, len(vocab.med), cfg)
+    model = build_baseline(name, feats["train"].width, y["train"].shape[1], cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     target = torch.from_numpy(y["train"].astype(np.float32))
@@ -94,7 +94,7 @@ def train_baseline(name: str, train: list[Sample], val: list[Sample], vocab: Voc
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        perm = np.random.default_rng([seed, epoch]).permutation(len(train))
+        perm = np.random.default_rng([seed, epoch]).permutation(len(feats["train"].columns))
         losses = []
         for i in range(0, len(perm), cfg.batch_size):
             rows = perm[i:i + cfg.batch_size]

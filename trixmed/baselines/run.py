@@ -29,20 +29,18 @@ def run_baseline(cfg: Config, name: str, console: Console) -> dict[str, Any]:
     y = {split: ds.multi_hot([s.target for s in rows]).astype(bool) for split, rows in samples.items()}
     console.line(f"[baseline {name}] training on {len(samples['train'])} visits, validation {len(samples['val'])}")
     t0 = time.perf_counter()
+    feats = {split: MultiHotFeatures.build(rows, ds.vocab) for split, rows in samples.items()}
     model, history = train_baseline(
-        name, samples["train"], samples["val"], ds.vocab, y, cfg.baselines, cfg.seed, ds.ddi,
+        name, feats, y, cfg.baselines, cfg.seed, ds.ddi,
         on_epoch=lambda r: console.line(f"[baseline {name}] epoch {r['epoch']}: loss {r['train_loss']:.4f}  "
                                         f"val jaccard {r['val_jaccard']:.4f}"))
     best = max(history, key=lambda r: r["val_jaccard"])
-    scores = {split: (samples[split], predict(model, MultiHotFeatures.build(samples[split], ds.vocab))) for split in SPLITS}
-    out = rd.baseline(name)
-    with atomic_dir(out) as tmp:
+    scores = {split: (samples[split], predict(model, feats[split])) for split in SPLITS}
+    with atomic_dir(rd.baseline(name)) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
         write_json(tmp / CONFIG_FILE, {"baseline": name, "baselines": to_dict(cfg.baselines), "seed": cfg.seed,
                                        "best_epoch": best["epoch"], "history": history})
-        result = select_and_score(ds, cfg.eval, scores, tmp, {s: rd.predictions(s).name for s in SPLITS},
-                                  rd.metrics.name, rd.metrics_table.name)
-        result.update({"model": name, "best_epoch": best["epoch"], "selected_on": "val",
-                       "train_s": round(time.perf_counter() - t0, 1)})
-        write_json(tmp / rd.metrics.name, result)
-    return result
+        return select_and_score(ds, cfg.eval, scores, tmp, {s: rd.predictions(s).name for s in SPLITS},
+                                rd.metrics.name, rd.metrics_table.name,
+                                {"model": name, "best_epoch": best["epoch"], "selected_on": "val",
+                                 "train_s": round(time.perf_counter() - t0, 1)})

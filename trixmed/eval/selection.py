@@ -24,10 +24,11 @@ SPLITS = ("val", "test")
 
 
 def select_and_score(ds: Dataset, cfg: EvalConfig, scores: dict[str, tuple[list[Sample], np.ndarray]],
-                     out: Path, predictions: dict[str, str], metrics: str, table: str) -> dict[str, Any]:
+                     out: Path, predictions: dict[str, str], metrics: str, table: str,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """`scores[split]` = (samples, probabilities [N, n_med]) for val and test. Writes the decided
     sets of both splits (`predictions[split]` file names in `out`), the test result (`metrics`,
-    with the choices and the safety curves) and its table; returns the result."""
+    with the choices, the safety curves and `extra`) and its table; returns the result."""
     truth = {split: ds.multi_hot([s.target for s in samples]).astype(bool) for split, (samples, _) in scores.items()}
     patients = {split: np.array([s.patient_id for s in samples]) for split, (samples, _) in scores.items()}
     val_probs = scores["val"][1]
@@ -44,15 +45,22 @@ def select_and_score(ds: Dataset, cfg: EvalConfig, scores: dict[str, tuple[list[
     for split, (samples, probs) in scores.items():
         write_predictions(out / predictions[split], [s.visit_key for s in samples], probs, ds.vocab.med, decided[split])
     samples, probs = scores["test"]
-    result = evaluate_predictions(ds, Predictions([s.visit_key for s in samples], decided["test"], probs.astype(np.float64)),
-                                  "test", cfg)
-    result.update({
+    return score_test(ds, cfg, samples, probs, decided["test"], out, metrics, table, {
         "threshold": threshold, "threshold_chosen_on": "val" if cfg.threshold is None else "config",
         "ddi_alpha": alpha, "ddi_alpha_chosen_on": "val" if cfg.ddi_alpha is None else "config",
         "ddi_target": target,
         # the test curve is for plotting the trade-off only; nothing is chosen on it
         "safety_curve": curves,
+        **(extra or {}),
     })
+
+
+def score_test(ds: Dataset, cfg: EvalConfig, samples: list[Sample], probs: np.ndarray, decided: np.ndarray,
+               out: Path, metrics: str, table: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Score decided test sets once (bootstrap as configured); write the result with `extra` and its table."""
+    result = evaluate_predictions(ds, Predictions([s.visit_key for s in samples], decided, probs.astype(np.float64)),
+                                  "test", cfg)
+    result.update(extra)
     write_json(out / metrics, result)
     (out / table).write_text(format_table(result) + "\n", encoding="utf-8")
     return result

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trixmed.config import Config
+from trixmed.config import DIRECT_INPUTS, Config
 from trixmed.data.dataset import Sample, Vocab
 from trixmed.errors import TrixmedError
 
@@ -41,11 +41,6 @@ def build_collator(cfg: Config, vocab: Vocab, *, tokenizer: Any = None, titles: 
     return _TextCollator(cfg, vocab, tokenizer, titles, with_output)
 
 
-# model.direct input → (code kind, visits as a slice of the sample's visits)
-_DIRECT = {"prev_med": ("med", slice(-2, -1)), "hist_med": ("med", slice(None, -1)),
-           "diag": ("diag", slice(-1, None)), "proc": ("proc", slice(-1, None)), "hist_diag": ("diag", slice(None, -1))}
-
-
 def _multi_hot(samples: list[Sample], vocab: Vocab, kind: str, visits: slice) -> Tensor:
     """Multi-hot union of the `kind` codes of each sample's `visits` (none → zeros)."""
     index = vocab.index(kind)
@@ -62,7 +57,7 @@ def _finish(batch: dict[str, Tensor], samples: list[Sample], vocab: Vocab, clust
             direct: tuple[str, ...]) -> dict[str, Tensor]:
     batch["labels"] = _multi_hot(samples, vocab, "med", slice(-1, None))
     for name in direct:
-        batch[f"multi_hot_{name}"] = _multi_hot(samples, vocab, *_DIRECT[name])
+        batch[f"multi_hot_{name}"] = _multi_hot(samples, vocab, *DIRECT_INPUTS[name])
     if clusters is not None:
         if len(clusters) != len(samples):
             raise ValueError(f"collate: {len(clusters)} cluster ids for {len(samples)} samples")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trixmed.config import Config, ExpertsConfig, ModelConfig, WarmupConfig, from_dict, to_dict
+from trixmed.config import DIRECT_INPUTS, Config, ExpertsConfig, ModelConfig, WarmupConfig, from_dict, to_dict
 from trixmed.data.dataset import Vocab
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, read_json, write_json
@@ -50,7 +50,7 @@ class MedRecModel(nn.Module):
         n_med = sizes["med"]
         self.head = nn.Linear(backbone.hidden_size * (2 if cfg.pool == "mean+last" else 1), n_med)
         # zero-initialised: the model starts exactly as without them
-        self.direct = nn.ModuleDict({name: nn.Linear(sizes[direct_kind(name)], n_med, bias=False) for name in cfg.direct})
+        self.direct = nn.ModuleDict({name: nn.Linear(sizes[DIRECT_INPUTS[name][0]], n_med, bias=False) for name in cfg.direct})
         for lin in self.direct.values():
             nn.init.zeros_(lin.weight)
         moe = cfg.moe
@@ -146,11 +146,6 @@ class MedRecModel(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-
-def direct_kind(name: str) -> str:
-    """The code kind of a `model.direct` input: prev_med / hist_med → med, hist_diag → diag."""
-    return name.rpartition("_")[2]
 
 
 def pool_states(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
@@ -257,13 +252,18 @@ def save_model(model: MedRecModel, directory: str | Path, state: dict[str, Tenso
             model.backbone.peft.save_pretrained(str(tmp / "adapter"))
 
 
-def saved_model_config(directory: str | Path) -> ModelConfig:
-    """The model config a saved model was built with."""
-    directory = Path(directory)
+def _read_meta(directory: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """A saved model's model.json and the model config in it."""
     for name in (META_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise TrixmedError(directory / name, "missing; not a saved trixmed model")
-    return from_dict(ModelConfig, read_json(directory / META_FILE)["model"], str(directory / META_FILE), "model")
+    meta = read_json(directory / META_FILE)
+    return meta, from_dict(ModelConfig, meta["model"], str(directory / META_FILE), "model")
+
+
+def saved_model_config(directory: str | Path) -> ModelConfig:
+    """The model config a saved model was built with."""
+    return _read_meta(Path(directory))[1]
 
 
 def load_model(directory: str | Path, cfg: Config, vocab: Vocab) -> MedRecModel:
@@ -271,8 +271,7 @@ def load_model(directory: str | Path, cfg: Config, vocab: Vocab) -> MedRecModel:
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    mcfg = saved_model_config(directory)
-    meta = read_json(directory / META_FILE)
+    meta, mcfg = _read_meta(directory)
     if cfg.model.hf.path:
         mcfg = dataclasses.replace(mcfg, hf=dataclasses.replace(mcfg.hf, path=cfg.model.hf.path))
     sizes = vocab.sizes()

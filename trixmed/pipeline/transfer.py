@@ -23,7 +23,7 @@ from trixmed.config import Config
 from trixmed.console import Console
 from trixmed.data.dataset import Dataset, Sample, Visit, Vocab
 from trixmed.errors import TrixmedError
-from trixmed.io import atomic_dir, read_json, write_json
+from trixmed.io import atomic_dir, read_json
 from trixmed.run_dir import RunDir
 
 KINDS = ("diag", "proc", "med")
@@ -68,8 +68,8 @@ def transfer(cfg: Config, source_dir: Path, console: Console) -> dict[str, Any]:
     writes metrics.json (with the coverage report), metrics.md and predictions_test.jsonl into
     `RunDir(cfg.run_dir).transfer(<source run-dir name>)`."""
     from trixmed.eval.decode import decode_sets
-    from trixmed.eval.evaluate import evaluate_predictions, format_table
-    from trixmed.eval.predictions import Predictions, write_predictions
+    from trixmed.eval.predictions import write_predictions
+    from trixmed.eval.selection import score_test
     from trixmed.models.model import saved_model_config
     from trixmed.pipeline.predict import route_new_patients
 
@@ -94,14 +94,10 @@ def transfer(cfg: Config, source_dir: Path, console: Console) -> dict[str, Any]:
     probs[:, columns >= 0] = out["probs"][:, columns[columns >= 0]]
     threshold, alpha = float(chosen["threshold"]), float(chosen.get("ddi_alpha", 0.0))
     decided = decode_sets(probs, threshold, target.ddi, alpha)
-    keys = [s.visit_key for s in samples]
-    result = evaluate_predictions(target, Predictions(keys, decided, probs), "test", cfg.eval)
     coverage["target_medications_not_predictable"] = [c for c, j in zip(target.vocab.med, columns) if j < 0]
     coverage["source_medications_dropped"] = sorted(set(src_vocab.med) - set(target.vocab.med))
-    result.update({"source_run": str(src.root), "threshold": threshold, "ddi_alpha": alpha,
-                   "threshold_chosen_on": "source val", "coverage": coverage})
     with atomic_dir(dst.transfer(src.root.name)) as tmp:
-        write_predictions(tmp / dst.predictions("test").name, keys, probs, target.vocab.med, decided)
-        write_json(tmp / dst.metrics.name, result)
-        (tmp / dst.metrics_table.name).write_text(format_table(result) + "\n", encoding="utf-8")
-    return result
+        write_predictions(tmp / dst.predictions("test").name, [s.visit_key for s in samples], probs, target.vocab.med, decided)
+        return score_test(target, cfg.eval, samples, probs, decided, tmp, dst.metrics.name, dst.metrics_table.name,
+                          {"source_run": str(src.root), "threshold": threshold, "ddi_alpha": alpha,
+                           "threshold_chosen_on": "source val", "coverage": coverage})
