@@ -100,6 +100,8 @@ PUBLISHED = [  # mimic3_safedrug131, SafeDrug split; from the issue (FastRx READ
     ("COGNet", 0.5316, 0.6644, 0.7707, 0.0858, 27.6),
     ("SafeDrug", 0.5213, 0.6768, 0.7647, 0.0589, 19.9),
 ]
+# the paper's reported TRIXMED figures (Jaccard, F1) under its seeded 7:3 patient split
+PAPER_REPORTED = {"mimic3_safedrug131": (0.6922, 0.8043), "mimic4_raremed122": (0.5212, 0.6669)}
 TARGET = {"jaccard": 0.56, "f1": 0.71, "prauc": 0.79, "ddi_rate": 0.0815, "avg_drugs_truth": 19.2}
 
 
@@ -305,7 +307,7 @@ def markdown(report: dict, png: str | None) -> str:
             lines += [f"| *{name} (published)* | {j} | {f} | {pr} | {d} | {n} | | |" for name, j, f, pr, d, n in PUBLISHED]
             lines.append(f"| **target** | ≥ {TARGET['jaccard']} | ≥ {TARGET['f1']} | ≥ {TARGET['prauc']} | ≤ {TARGET['ddi_rate']} | "
                          f"{TARGET['avg_drugs_truth']} ± 3 | | |")
-        if dataset == "mimic4_raremed122":
+        if dataset == "mimic4_raremed122" and protocol == "safedrug":
             lines.append("\nRAREMed-era papers swap the test and validation halves of this split; the rows here use the SafeDrug convention.")
         lines.append("")
     if report.get("attempts"):
@@ -332,6 +334,7 @@ def markdown(report: dict, png: str | None) -> str:
         gaps.append(f"DDI rate {m['ddi_rate']['mean']:.4f} vs ≤ {TARGET['ddi_rate']} ({m['ddi_rate']['mean'] - TARGET['ddi_rate']:+.4f})")
         gaps.append(f"drugs/visit {m['avg_drugs']['mean']:.2f} vs {TARGET['avg_drugs_truth']} ± 3")
         lines += ["## Gap to the target (mimic3_safedrug131, TRIXMED, test)", "", "; ".join(gaps) + ".", ""]
+    lines += _paper_protocol(report["rows"])
     ran = {row["protocol"] for row in report["rows"]}
     missing = [p for p in PROTOCOLS if p not in ran]
     if missing and not report["smoke"]:
@@ -341,6 +344,47 @@ def markdown(report: dict, png: str | None) -> str:
                   f"`python benchmarks/accuracy.py --only {' '.join(report['only'])}` and does not include them.", ""]
     lines += NOTES
     return "\n".join(lines) + "\n"
+
+
+def _paper_protocol(rows: list[dict]) -> list[str]:
+    """The paper's protocol beside ours: TRIXMED under each split against the paper's reported figures,
+    and what the measured differences between the splits can and cannot explain."""
+    def jf(dataset: str, protocol: str, model: str = HEADLINE_MODEL) -> tuple[float, float] | None:
+        r = next((r for r in rows if (r["dataset"], r["protocol"], r["model"], r["average"])
+                  == (dataset, protocol, model, "visit")), None)
+        return (r["metrics"]["jaccard"]["mean"], r["metrics"]["f1"]["mean"]) if r else None
+
+    def jaccard(r: dict) -> float:
+        return r["metrics"]["jaccard"]["mean"]
+
+    table, leaks, splits = [], [], []
+    for dataset, (pj, pf) in PAPER_REPORTED.items():
+        measured = {p: jf(dataset, p) for p in ("safedrug", "patient-7:3", "visit-7:3")}
+        if measured["patient-7:3"] is None:
+            continue
+        cells = " | ".join(f"{m[0]:.4f} / {m[1]:.4f}" if m else "—" for m in measured.values())
+        table.append(f"| {dataset} | {cells} | {pj} / {pf} | {measured['patient-7:3'][0] - pj:+.4f} |")
+        if measured["visit-7:3"]:
+            leaks.append(f"{measured['visit-7:3'][0] - measured['patient-7:3'][0]:+.4f} on {dataset}")
+        if measured["safedrug"]:
+            splits.append(f"{measured['patient-7:3'][0] - measured['safedrug'][0]:+.4f}")
+    if not table:
+        return []
+    ours = {(r["dataset"], r["protocol"], r["average"]): jaccard(r) for r in rows if r["model"] == HEADLINE_MODEL}
+    averaging = max((abs(v - ours[(d, p, "patient")]) for (d, p, a), v in ours.items()
+                     if a == "visit" and (d, p, "patient") in ours), default=0.0)
+    return ["## The paper's protocol (TRIXMED, test Jaccard / F1)", "",
+            "| dataset | SafeDrug split | patient 7:3 | visit 7:3 (leaky) | paper (7:3 patients) | gap at patient 7:3 |",
+            "|---|---|---|---|---|---|", *table, "",
+            "What the measurements rule out: the split. Letting a patient's visits fall on both sides (visit 7:3) "
+            f"moves Jaccard by {', '.join(leaks) or '—'}; the 7:3 patient split against SafeDrug's by "
+            f"{', '.join(splits) or '—'}; per-patient against per-visit averaging by at most {averaging:.4f}. "
+            "None comes near the gap. "
+            "What they cannot rule out: the backbone (the paper fine-tunes LLaMA-3.1-8B; these rows use the "
+            "compact codes Transformer, though every published method on SafeDrug-processed MIMIC-III, "
+            "LLM-free and scored the same way, sits at 0.52–0.55, and so does the MLP here), and the paper's "
+            "preprocessing (medication vocabulary, visit filtering), which it does not specify "
+            "precisely enough to reproduce; a smaller or coarser medication set raises Jaccard directly.", ""]
 
 
 def plot_safety(safety: dict, path: Path) -> None:
