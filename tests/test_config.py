@@ -84,6 +84,7 @@ def test_round_trip_to_dict():
         ("distributed.gpus_per_node=8", "distributed.gpus_per_node: unknown key"),
         ("distributed.estimate_from=x.json", "distributed.estimate_from: unknown key"),
         ("plan.gpus_per_node=0", "plan.gpus_per_node: must be >= 1, got 0"),
+        ("tune.trainer=torch", "tune.trainer: must be one of workers, ray_train, got 'torch'"),
     ],
 )
 def test_no_key_is_accepted_and_ignored(override, message):

@@ -19,9 +19,16 @@ def test_tune_smoke(tmp_path: Path) -> None:
     assert report["sweep_wall_s"] > report["own_training_s"] > 0
     assert report["overhead_share"] == pytest.approx(
         (report["sweep_wall_s"] - report["own_training_s"]) / report["own_training_s"], rel=0.002)
-    parts = report["overhead_per_trial_s"]
-    assert parts["all"] == pytest.approx((report["sweep_wall_s"] - report["own_training_s"]) / 4, abs=0.02)
-    assert parts["train_startup_checkpoints_export"] > 0 and parts["validation_scoring"] >= 0
+    # every second of the sweep is own training, once-per-sweep overhead or per-trial overhead
+    once, parts = report["overhead_once_s"], report["overhead_per_trial_s"]
+    assert set(once) == {"clusterings", "tune_start_and_first_trial_process", "worker_group_starts",
+                         "first_trial_start_up", "tune_wrap_up"}
+    assert once["clusterings"] > 0 and once["worker_group_starts"] > 0   # trainer `workers`: one group
+    per_trial = report["sweep_wall_s"] - report["own_training_s"] - sum(once.values())
+    assert parts["all"] == pytest.approx(per_trial / 4, abs=0.02)
+    assert report["per_trial_overhead_share"] == pytest.approx(per_trial / report["own_training_s"], abs=0.002)
+    assert report["per_trial_overhead_share"] < report["overhead_share"]
+    assert parts["trainer_setup_reports_export"] > 0 and parts["validation_scoring"] >= 0
     assert report["trials_per_min"] == pytest.approx(60 * 4 / report["sweep_wall_s"], rel=0.01)
     assert report["targets"]["overhead_share_max"] == 0.3 and report["best"]["scores"]["jaccard"] > 0
     assert len(report["per_trial"]) == 4 and all(t["own_training_s"] > 0 for t in report["per_trial"])

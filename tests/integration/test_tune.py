@@ -1,7 +1,9 @@
 """`trixmed tune` end to end on the bundled demo with a tiny model and real Ray Tune / Ray Train /
-DeepSpeed: a 2×2 sweep under ASHA writes the summary, the report and a best config that
-`trixmed run --dry-run` accepts; a failing trial leaves the other complete while the trials' training
-runs show in the dashboard; an interrupted sweep resumes without re-running its finished trials."""
+DeepSpeed: a 2×2 sweep under ASHA, its trials training one after another on the sweep's one worker
+group, writes the summary, the report and a best config that `trixmed run --dry-run` accepts; a
+rank lost in a trial breaks only that trial and its worker group; a failing trial leaves the other
+complete while, with `tune.trainer=ray_train`, the trials' Ray Train runs show in the dashboard; an
+interrupted sweep resumes without re-running its finished trials."""
 
 from __future__ import annotations
 
@@ -74,10 +76,16 @@ def test_demo_2x2_sweep_gives_summary_report_and_a_runnable_best_config(base, tm
         assert not rd.eval.exists(), "a sweep never evaluates test"
         assert t["epochs_run"] == len(t["curve"]) >= 1
         assert (t["scores"] is not None) == (t["status"] == "completed") == rd.model("experts").is_dir()
-        steps = {"stratify_s", "experts_s", "total_s"} | ({"scoring_s"} if t["scores"] else set())
+        steps = {"stratify_s", "experts_s", "total_s", "started_at", "ended_at"} | ({"scoring_s"} if t["scores"] else set())
         assert set(t["timings"]) == steps and t["timings"]["experts_s"] < t["timings"]["total_s"]
     # one clustering per K, shared by the trials that use it
     assert len(list((exp.root / "shared").iterdir())) == 2 + 2   # two run dirs and their lock files
+    # one worker group, started once and lent to every trial in turn
+    costs = summary["sweep_costs"]
+    assert costs["trainer"] == "workers" and len(costs["worker_group_starts_s"]) == 1
+    for t in trials:
+        log = (RunDir(t["run_dir"]).logs / "trial.log").read_text()
+        assert "on the sweep's worker group 0 (2 ranks)" in log, log[-2000:]
 
     # the console: one line per trial start and end and the outcome, none of Tune's tables or Ray's chatter
     assert sum("[tune] trial" in line and "started" in line for line in out.splitlines()) == 4
@@ -125,7 +133,7 @@ def test_a_failing_trial_leaves_the_other_complete_and_trials_show_in_the_dashbo
     space = _space(tmp_path, "one_fails", {"stratify.num_clusters": [2], "model.moe.top_n": [1],
                                            "test_hooks.fail_trial": [False, True]})
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    proc = subprocess.run([sys.executable, "-c", _DASHBOARD, str(base), str(space), *DEMO, *TINY],
+    proc = subprocess.run([sys.executable, "-c", _DASHBOARD, str(base), str(space), *DEMO, *TINY, "tune.trainer=ray_train"],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("DASHBOARD "))[10:])
@@ -135,9 +143,25 @@ def test_a_failing_trial_leaves_the_other_complete_and_trials_show_in_the_dashbo
     assert by_status["error"]["params"]["test_hooks.fail_trial"] is True
     assert by_status["error"]["error"].startswith("RuntimeError: test_hooks.fail_trial is set: trial ")
     assert by_status["completed"]["scores"]["jaccard"] > 0 and summary["best"]["trial_id"] == by_status["completed"]["trial_id"]
-    # the dashboard: the trials are actors, and the completed trial's training run is named after it
-    assert seen["actors"].count("ImplicitFunc") == 2, seen["actors"]
+    # the dashboard: the trials are actors (Tune reuses one process for both), and the completed
+    # trial's Ray Train run is named after it
+    assert "ImplicitFunc" in seen["actors"], seen["actors"]
     assert any(r.startswith(f"trial_{by_status['completed']['trial_id']}-experts-") for r in seen["runs"]), seen["runs"]
+
+
+def test_a_rank_lost_in_a_trial_breaks_only_that_trial_and_its_worker_group(base, tmp_path):
+    # the first trial's last rank exits at step 1 while the other may wait for it in a collective
+    space = _space(tmp_path, "lost_rank", {"stratify.num_clusters": [2], "test_hooks.fail_at_step": [1, -1]})
+    assert main(["tune", str(space), *_args(base, "tune.scheduler=fifo")]) == 0
+    summary = json.loads(RunDir(base).experiment("lost_rank").summary.read_text())
+    by_status = {t["status"]: t for t in summary["trials"]}
+    assert sorted(by_status) == ["completed", "error"]
+    assert by_status["error"]["params"]["test_hooks.fail_at_step"] == 1
+    assert by_status["error"]["error"].startswith("RuntimeError: training rank 1 of the worker group died during epoch"), \
+        by_status["error"]["error"]
+    assert by_status["completed"]["scores"]["jaccard"] > 0
+    # the broken group was ended, and the next trial trained on a new one
+    assert len(summary["sweep_costs"]["worker_group_starts_s"]) == 2
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(base, tmp_path):

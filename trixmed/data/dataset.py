@@ -103,19 +103,32 @@ class Dataset:
         path = self.root / "card.json"
         return read_json(path) if path.is_file() else {}
 
-    def samples(self, split: str | None = None) -> list[Sample]:
-        """Every visit of the chosen split as a sample (all splits when `split` is None)."""
-        out: list[Sample] = []
-        df = self.visits.sort_values(["patient_id", "visit_order"], kind="stable")
-        # patients keep file order (their first appearance), as the benchmark splits assume
-        order = {p: i for i, p in enumerate(pd.unique(self.visits["patient_id"]))}
-        groups = sorted(df.groupby("patient_id", sort=False), key=lambda g: order[g[0]])
-        for pid, g in groups:
-            visits = [Visit(tuple(d), tuple(p), tuple(m)) for d, p, m in zip(g["diag"], g["proc"], g["med"])]
-            for i, (key, sp) in enumerate(zip(g["visit_key"], g["split"])):
-                if split is None or sp == split:
-                    out.append(Sample(str(key), str(pid), str(sp), tuple(visits[: i + 1])))
-        return out
+    @cached_property
+    def _ordered(self) -> pd.DataFrame:
+        """Visits in sample order: patients as they first appear in the file (the benchmark splits
+        assume it), each patient's visits by visit_order; `_first` is the row of the patient's first visit."""
+        v = self.visits
+        df = v.assign(_p=pd.factorize(v["patient_id"])[0]).sort_values(["_p", "visit_order"], kind="stable")
+        df = df.reset_index(drop=True)
+        p = df["_p"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]]) if len(p) else np.zeros(0, dtype=np.int64)
+        return df.assign(_first=np.repeat(starts, np.diff(np.r_[starts, len(p)])))
+
+    def samples(self, split: str | None = None, rows: range | None = None) -> list[Sample]:
+        """Every visit of the chosen split as a sample (all splits when `split` is None), in sample
+        order; `rows` keeps positions start..stop-1 of the all-splits order (an extraction shard),
+        building only the visits they need."""
+        df = self._ordered
+        rows = range(len(df)) if rows is None else range(rows.start, min(rows.stop, len(df)))
+        if not len(rows):
+            return []
+        first = df["_first"].to_numpy()
+        lo = int(first[rows.start])   # the earliest visit a sample in `rows` looks back to
+        part = df.iloc[lo:rows.stop]
+        visits = [Visit(tuple(d), tuple(p), tuple(m)) for d, p, m in zip(part["diag"], part["proc"], part["med"])]
+        keys, pids, splits = (part[c].astype(str).tolist() for c in ("visit_key", "patient_id", "split"))
+        return [Sample(keys[i - lo], pids[i - lo], splits[i - lo], tuple(visits[first[i] - lo:i - lo + 1]))
+                for i in rows if split is None or splits[i - lo] == split]
 
     def multi_hot(self, codes_per_row: list[tuple[str, ...]] | list[list[str]]) -> np.ndarray:
         """Medication sets → [N, n_med] 0/1 matrix in vocabulary order."""

@@ -37,8 +37,7 @@ class ShardExtractor:
 
         cfg = from_dict(Config, config, "<extract>", "")
         rd = RunDir(run_dir)
-        dataset = Dataset(rd.dataset)
-        self.samples = dataset.samples()
+        self.dataset = dataset = Dataset(rd.dataset)
         self.batch_size = cfg.extract.batch_size
         self.device = torch.device("cuda") if cfg.extract.gpus_per_actor > 0 else torch.device("cpu")
         self.model = load_model(rd.model("warmup"), cfg, dataset.vocab).to(self.device)
@@ -50,7 +49,7 @@ class ShardExtractor:
 
         rows = []
         for shard, start, end in zip(batch["shard"], batch["start"], batch["end"]):
-            chunk = self.samples[int(start):int(end)]
+            chunk = self.dataset.samples(rows=range(int(start), int(end)))   # only this shard's visits
             pooled = infer(self.model, self.collate, chunk, batch_size=self.batch_size, device=self.device)["pooled"]
             write_feature_shard(self.out_dir / shard_name(int(shard)), [s.visit_key for s in chunk],
                                 [s.patient_id for s in chunk], [s.split for s in chunk], pooled)

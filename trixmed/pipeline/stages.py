@@ -37,10 +37,10 @@ class StageContext:
     """What a stage body gets besides the config and the run directory."""
 
     console: Console
-    # Ray Train callbacks for the training phases: a Tune trial passes the one that forwards each
-    # epoch's validation metrics to its scheduler
-    train_callbacks: tuple[Any, ...] = ()
-    # prefix of Ray Train run names, so a sweep's training runs are recognisable on the dashboard
+    # what trains a phase: `fit(cfg, phase, out_dir, *, run_name, console) -> history`; None = Ray
+    # Train (`ray_fit.fit`). A Tune trial passes one that reports each epoch to its scheduler.
+    fit: Callable[..., dict[str, Any]] | None = None
+    # prefix of training run names, so a sweep's training runs are recognisable on the dashboard
     run_prefix: str = ""
 
 
@@ -96,7 +96,7 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str, StageContext], di
         from trixmed.train.ray_fit import fit
 
         name = f"{ctx.run_prefix}{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].keys(cfg))])[:12]}"
-        history = fit(cfg, phase, out, run_name=name, console=ctx.console, callbacks=ctx.train_callbacks)
+        history = (ctx.fit or fit)(cfg, phase, out, run_name=name, console=ctx.console)
         epochs = history["epochs"]
         return {
             "best_val_jaccard": history["best_val_jaccard"],
@@ -195,10 +195,10 @@ def check_dataset_fits(cfg: Config, rd: RunDir) -> None:
 
 
 def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console | None = None,
-              train_callbacks: tuple[Any, ...] = (), run_prefix: str = "") -> StageResult:
+              fit: Callable[..., dict[str, Any]] | None = None, run_prefix: str = "") -> StageResult:
     """Run one stage over `cfg.run_dir` unless it is already complete for these inputs and config."""
     console = console or Console()
-    ctx = StageContext(console, train_callbacks, run_prefix)
+    ctx = StageContext(console, fit, run_prefix)
     stage = STAGES[name]
     rd = RunDir(cfg.run_dir)
     output = rd.stage_dir(name)

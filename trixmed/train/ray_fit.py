@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trixmed.config import Config, to_dict
+from trixmed.config import Config, DistributedConfig, to_dict
 from trixmed.console import Console
 from trixmed.run_dir import HISTORY_FILE, RunDir
 from trixmed.train.ray_session import ensure_ray, workers_log_dir
@@ -36,22 +36,11 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
     ensure_ray(cfg)
     rd = RunDir(Path(cfg.run_dir).resolve())
     d = cfg.distributed
-    log_dir = workers_log_dir(cfg)
-    spec = {
-        "config": to_dict(cfg),
-        "phase": phase,
-        "run_dir": str(rd.root),
-        "out_dir": str(Path(out_dir).resolve()),
-        "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
-        "progress": str(rd.progress(phase)),
-        "stop_file": str(rd.stop_request),
-        "fail_marker": str(rd.ray_storage / "fail_hook_fired"),
-    }
-    resources = {"GPU": 1, "CPU": d.cpus_per_worker} if d.use_gpu else {"CPU": d.cpus_per_worker}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=spec,
-        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources),
+        train_loop_config=trainer_spec(cfg, phase, out_dir),
+        scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
+                                     resources_per_worker=worker_resources(d)),
         run_config=RunConfig(
             name=run_name,
             storage_path=str(rd.ray_storage),
@@ -64,6 +53,32 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
     rd.stop_request.unlink(missing_ok=True)
     with ProgressFollower(rd.progress(phase), console or Console()):
         trainer.fit()
+    return read_history(rd, phase, out_dir)
+
+
+def trainer_spec(cfg: Config, phase: str, out_dir: Path) -> dict[str, Any]:
+    """The plain-data spec every rank's `Trainer` is built from (see trainer.py)."""
+    rd = RunDir(Path(cfg.run_dir).resolve())
+    log_dir = workers_log_dir(cfg)
+    return {
+        "config": to_dict(cfg),
+        "phase": phase,
+        "run_dir": str(rd.root),
+        "out_dir": str(Path(out_dir).resolve()),
+        "log_dir": str(Path(log_dir).resolve()) if log_dir else None,
+        "progress": str(rd.progress(phase)),
+        "stop_file": str(rd.stop_request),
+        "fail_marker": str(rd.ray_storage / "fail_hook_fired"),
+    }
+
+
+def worker_resources(d: DistributedConfig) -> dict[str, float]:
+    """What one training rank holds: CPUs, and a GPU on GPU runs."""
+    return {"GPU": 1, "CPU": d.cpus_per_worker} if d.use_gpu else {"CPU": d.cpus_per_worker}
+
+
+def read_history(rd: RunDir, phase: str, out_dir: Path) -> dict[str, Any]:
+    """The finished phase's history.json; a run that ended on its stop request has none."""
     history_path = Path(out_dir) / HISTORY_FILE
     if not history_path.is_file() and rd.stop_request.exists():
         raise TrainingStopped(f"{phase}: stopped on request ({rd.stop_request}); running it again resumes it")

@@ -8,7 +8,8 @@
         trainer.save_checkpoint(...)   # report metrics + checkpoint to Ray Train
     trainer.export()                # best weights + history.json into the stage's staging directory
 
-`Trainer.fit` runs that loop; Tune trials and the GPU path reuse the same steps. DeepSpeed and
+`Trainer.fit` runs that loop under Ray Train (`RayTrainSession`); a sweep's long-lived workers
+drive the same steps one epoch at a time (`worker_group.py`, `GroupSession`). DeepSpeed and
 expert parallelism are the strategy's business (`deepspeed_strategy.py`), the model knows
 nothing of them. `spec` is plain data built by `ray_fit.fit`: config (dict), phase, run_dir,
 out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (the
@@ -73,18 +74,44 @@ def build_phase_model(cfg: Config, ds: Dataset, phase: str, rd: RunDir) -> torch
 
 def train_worker(spec: dict[str, Any]) -> None:
     """Ray Train's per-worker entry point."""
-    Trainer(spec).fit()
+    Trainer(spec, RayTrainSession()).fit()
+
+
+class RayTrainSession:
+    """What a `Trainer` needs from Ray Train: its ranks, the checkpoint to resume from, and a
+    per-epoch report that carries the next checkpoint."""
+
+    checkpoints = True   # each epoch's DeepSpeed state goes with its report
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+
+    def checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
 class Trainer:
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: dict[str, Any], session: Any):
         self.spec = spec
+        self.session = session   # RayTrainSession, or a worker group's GroupSession
         self.cfg: Config = from_dict(Config, spec["config"], "<trainer>", "")
         self.phase: str = spec["phase"]
         self.pcfg = phase_config(self.cfg, self.phase)
         self.rd = RunDir(spec["run_dir"])
         self.strategy = DeepSpeedStrategy(self.cfg.distributed, self.cfg.model.moe)
         self.scratch = Path(tempfile.mkdtemp(prefix="trixmed-best-"))
+        self.writer: Any = None   # rank 0's TensorBoard writer, opened by setup
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_jaccard": -1.0, "best_epoch": -1,
                                       "bad_epochs": 0, "stopped": False, "history": []}
 
@@ -92,13 +119,10 @@ class Trainer:
     # setup
 
     def setup(self) -> None:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.rank, self.world = self.session.rank, self.session.world
         if self.spec.get("log_dir"):
             redirect_output(Path(self.spec["log_dir"]) / f"{self.phase}-rank{self.rank}.log")
-        self.strategy.setup_distributed(self.rank, self.world, ctx.get_local_rank())
+        self.strategy.setup_distributed(self.rank, self.world, self.session.local_rank)
         self.progress = ProgressReporter(self.spec.get("progress") if self.rank == 0 else None)
 
         torch.manual_seed(self.cfg.seed)   # identical initial weights on every rank
@@ -112,7 +136,6 @@ class Trainer:
         self.engine = self.strategy.prepare(build_phase_model(self.cfg, self.ds, self.phase, self.rd), self.pcfg, self.phase)
         self.steps_per_epoch = steps_per_epoch(len(self.train_samples), self.pcfg.effective_batch_size, self.phase)
         self._resume()
-        self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -121,9 +144,7 @@ class Trainer:
                             position=self.state["global_step"])
 
     def _resume(self) -> None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = self.session.checkpoint()
         if checkpoint is None:
             return
         with checkpoint.as_directory() as d:
@@ -140,20 +161,27 @@ class Trainer:
     def fit(self) -> None:
         self.setup()
         for epoch in self.epochs():
-            step_losses, train_s = self.train_epoch(epoch)
-            t0 = time.perf_counter()
-            val_jaccard = self.validate()
-            record = self.end_epoch(epoch, step_losses, train_s, val_jaccard, time.perf_counter() - t0)
-            self.save_checkpoint(record)
+            self.run_epoch(epoch)
             if self.stop_requested():
                 self.progress.event("message", text=f"[{self.phase}] stop requested: ends after epoch {epoch + 1}, "
                                                     "resumable from its checkpoint")
+                self.close()
                 return   # unexported: the stage stays incomplete and resumes when run again
             if self.state["stopped"]:
-                self.progress.event("message", text=f"[{self.phase}] early stop: no validation gain for "
-                                                    f"{self.state['bad_epochs']} epochs")
                 break
         self.export()
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train, validate, keep the best weights, checkpoint and report: one epoch, on every rank."""
+        step_losses, train_s = self.train_epoch(epoch)
+        t0 = time.perf_counter()
+        val_jaccard = self.validate()
+        record = self.end_epoch(epoch, step_losses, train_s, val_jaccard, time.perf_counter() - t0)
+        self.save_checkpoint(record)
+        if self.state["stopped"]:
+            self.progress.event("message", text=f"[{self.phase}] early stop: no validation gain for "
+                                                f"{self.state['bad_epochs']} epochs")
+        return record
 
     def stop_requested(self) -> bool:
         """Whether the run directory's stop request exists, agreed by every rank (one collective)."""
@@ -259,20 +287,20 @@ class Trainer:
         return record
 
     def save_checkpoint(self, record: dict[str, Any]) -> None:
-        """Report the epoch's metrics to Ray Train with a checkpoint: DeepSpeed state of every rank,
-        the trainer state and the best weights so far."""
-        import ray.train
-        from ray.train import Checkpoint
-
+        """Report the epoch's metrics to the session, with a checkpoint where it keeps them: DeepSpeed
+        state of every rank, the trainer state and the best weights so far."""
+        metrics = {k: v for k, v in record.items() if k != "step_losses" and not (isinstance(v, float) and math.isnan(v))}
+        metrics["best_val_jaccard"] = self.state["best_jaccard"]
+        if not self.session.checkpoints:
+            self.session.report(metrics, None)
+            return
         with tempfile.TemporaryDirectory(prefix="trixmed-ckpt-") as tmp:
             self.strategy.save_checkpoint(self.engine, tmp)
             if self.rank == 0:
                 (Path(tmp) / STATE_FILE).write_text(json.dumps(self.state))
                 if (self.scratch / BEST_DIR).is_dir():
                     shutil.copytree(self.scratch / BEST_DIR, Path(tmp) / BEST_DIR)
-            metrics = {k: v for k, v in record.items() if k != "step_losses" and not (isinstance(v, float) and math.isnan(v))}
-            metrics["best_val_jaccard"] = self.state["best_jaccard"]
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+            self.session.report(metrics, tmp)
 
     def export(self) -> None:
         """Rank 0 writes the best weights and history.json into the stage's staging directory."""
@@ -285,9 +313,16 @@ class Trainer:
                 "val_samples": len(self.val_samples), "best_epoch": self.state["best_epoch"],
                 "best_val_jaccard": self.state["best_jaccard"], "epochs": self.state["history"],
             }, indent=2))
-            self.writer.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.close()
         self.strategy.barrier()
+
+    def close(self) -> None:
+        """Release what the run holds outside its outputs: the TensorBoard writer and the scratch copy
+        of the best weights (a long-lived worker runs many trainers)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _maybe_fail(self) -> None:
         """Test hook `test_hooks.fail_at_step`: the last rank dies once, as a lost worker would."""

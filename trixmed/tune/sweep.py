@@ -1,6 +1,8 @@
 """`run_sweep`: one Ray Tune experiment over a run's shared warm-up (the `trixmed tune` command).
 
     prepare → warm-up → extract      once, in the run directory (skipped when already complete)
+    clusterings                      once per clustering setting of the grid, shared by its trials
+    worker groups                    started once, at the first trial (`tune.trainer: workers`)
     trials                           stratify + experts + validation scores each (trial.py), scheduled
                                      by ASHA on the per-epoch validation Jaccard
     summary.json                     every trial, and the best one chosen on validation
@@ -17,6 +19,7 @@ import contextlib
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +33,9 @@ from trixmed.pipeline.stages import check_dataset_fits, run_stage
 from trixmed.run_dir import ExperimentDir, RunDir
 from trixmed.tune.space import SearchSpace
 from trixmed.tune.summary import METRIC, build_summary
-from trixmed.tune.trial import SHARED_STAGES, trial_dirname, trial_main
+from trixmed.tune.trial import SHARED_STAGES, clustering_key, shared_clusters, trial_dirname, trial_main
 
+CLUSTERINGS_LOG = "clusterings.log"
 # keys that say where or how fast a sweep runs, not what its trials train: free to change on resume
 _RESUMABLE_KEYS = ("run_dir", "extract", "plan", "distributed.ray_address", "tune.max_concurrent_trials",
                    "tune.trial_cpus")
@@ -58,12 +62,21 @@ def run_sweep(cfg: Config, space: SearchSpace, *, name: str | None = None, force
     for stage in SHARED_STAGES[1:]:
         run_stage(cfg, stage, console=console)
 
-    tuner = _tuner(cfg, space, exp, rd, force=force, verbose=verbose)
+    leases = f"trixmed-workers-{uuid.uuid4().hex[:12]}" if cfg.tune.trainer == "workers" else None
+    tuner = _tuner(cfg, space, exp, rd, leases, force=force, verbose=verbose)
+    t0 = time.perf_counter()
+    # every trial of a grid point reads the same clusters: compute each setting once, up front,
+    # unless a sampled key changes them (then the first trial that needs one computes it)
+    if not any(key.startswith("stratify.") for key in space.sample):
+        _clusterings(configs, rd, exp, console)
+    clusterings_s = time.perf_counter() - t0
     console.line(f"[tune] {exp.name}: {space.size} trials ({cfg.tune.scheduler}, "
                  f"{cfg.tune.max_concurrent_trials} at a time) → {exp.root}")
-    t0 = time.perf_counter()
-    with _quiet_tune(verbose):
+    group_starts: list[float] = []
+    trials_started_at = time.time()
+    with _quiet_tune(verbose), _worker_leases(cfg, leases, group_starts):
         results = tuner.fit()
+    trials_ended_at = time.time()
     wall = time.perf_counter() - t0
     # Tune's saved trial states, not the results' `done` flag (lost for trials a restored sweep
     # finished earlier); an interrupted sweep may not have created every trial yet
@@ -74,11 +87,29 @@ def run_sweep(cfg: Config, space: SearchSpace, *, name: str | None = None, force
     if unfinished:
         return SweepResult(exp, None, unfinished)
     summary = build_summary(cfg, space, exp, results, wall)
+    summary["sweep_costs"] = {"clusterings_s": round(clusterings_s, 3), "trainer": cfg.tune.trainer,
+                              "worker_group_starts_s": group_starts, "trials_started_at": trials_started_at,
+                              "trials_ended_at": trials_ended_at}
     write_json(exp.summary, summary)
     return SweepResult(exp, summary, 0)
 
 
-def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, rd: RunDir, *, force: bool, verbose: bool) -> Any:
+def _clusterings(configs: list[Config], rd: RunDir, exp: ExperimentDir, console: Console) -> None:
+    """Each distinct clustering of the grid, once; their profiles go to the experiment's log."""
+    settings = {clustering_key(point): point for point in configs}
+    exp.root.mkdir(parents=True, exist_ok=True)
+    log = exp.root / CLUSTERINGS_LOG
+    console.line(f"[tune] clusterings: {len(settings)} settings → {exp.root / 'shared'}")
+    t0 = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as fh:
+        quiet = Console(stream=fh, bar_stream=fh)
+        for point in settings.values():
+            shared_clusters(point, rd, exp, quiet)
+    console.line(f"[tune] clusterings done in {time.perf_counter() - t0:.1f} s (profiles: {log})")
+
+
+def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, rd: RunDir, leases: str | None, *,
+           force: bool, verbose: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -91,7 +122,8 @@ def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, rd: RunDir, *, f
     record = {"space": {k: v for k, v in space.to_dict().items() if k != "path"}, "config": _trial_keys(cfg)}
     if force and exp.root.exists():
         shutil.rmtree(exp.root)
-    spec = {"config": to_dict(cfg), "space": space.to_dict(), "run_dir": str(rd.root), "experiment": str(exp.root)}
+    spec = {"config": to_dict(cfg), "space": space.to_dict(), "run_dir": str(rd.root), "experiment": str(exp.root),
+            "leases": leases}
     trainable = tune.with_resources(tune.with_parameters(trial_main, spec=spec), {"CPU": cfg.tune.trial_cpus})
     if exp.sweep.is_file():
         if read_json(exp.sweep) != record:
@@ -115,12 +147,34 @@ def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, rd: RunDir, *, f
         tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=space.num_samples,
                                     search_alg=BasicVariantGenerator(random_state=cfg.seed,
                                                                      max_concurrent=t.max_concurrent_trials),
+                                    # a trial's process outlives it: torch, DeepSpeed and trixmed stay imported
+                                    reuse_actors=True,
                                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(name=exp.name, storage_path=str(exp.root.parent),
                                   failure_config=tune.FailureConfig(max_failures=t.max_failures),
                                   callbacks=[SweepProgress(space.size, verbose=verbose)],
                                   verbose=1 if verbose else 0),
     )
+
+
+@contextlib.contextmanager
+def _worker_leases(cfg: Config, name: str | None, group_starts: list[float]) -> Iterator[None]:
+    """The sweep's `WorkerLeases` actor, one worker group per concurrent trial, ended with the
+    sweep; `group_starts` gets the seconds each group took to start."""
+    if name is None:
+        yield
+        return
+    import ray
+
+    from trixmed.train.worker_group import start_leases
+
+    leases = start_leases(name, cfg, cfg.tune.max_concurrent_trials)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):   # an interrupted sweep: the actor may already be gone
+            group_starts += ray.get(leases.close.remote(), timeout=60)
+        ray.kill(leases)
 
 
 @contextlib.contextmanager

@@ -4,15 +4,18 @@ A trial's run directory (`<experiment>/<trial>/run/`) links the base run's datas
 and features, which no parameter of a sweep over clustering, routing or the experts changes
 (their stage hashes leave those sections out). Clusters are computed once per distinct clustering
 setting in `<experiment>/shared/<hash>/` and linked by every trial that uses them. The experts
-train through the same stage as `trixmed run`; each epoch's metrics reach the scheduler through
-Ray Train's `TuneReportCallback`, and a last report adds the validation scores with the decision
-threshold chosen on validation. Test visits are never scored here.
+train through the same stage as `trixmed run`, on one of the sweep's worker groups (`tune.trainer:
+workers`, started once per sweep: train/worker_group.py; the trial reports each epoch to Tune) or
+in a Ray Train run of their own (`ray_train`; its `TuneReportCallback` reports the epochs). A last
+report adds the validation scores with the decision threshold chosen on validation. Test visits
+are never scored here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,9 @@ TIMINGS_FILE = "timings.json"   # seconds the trial spent in each of its steps (
 
 
 def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Ray Tune's entry point. `spec`: base config (dict), space (dict), run_dir, experiment."""
+    """Ray Tune's entry point. `spec`: base config (dict), space (dict), run_dir, experiment, and
+    `leases`: the name of the sweep's `WorkerLeases` actor (None: each trial runs Ray Train)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from trixmed.train.ray_fit import TrainingStopped
 
@@ -62,7 +65,7 @@ def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
     if cfg.test_hooks.fail_trial:
         raise RuntimeError(f"test_hooks.fail_trial is set: trial {context.get_trial_id()} fails on purpose")
     try:
-        run_stage(cfg, "experts", console=console, train_callbacks=(TuneReportCallback(),),
+        run_stage(cfg, "experts", console=console, fit=_trial_fit(spec.get("leases")),
                   run_prefix=f"{context.get_trial_name()}-")
     except TrainingStopped as stop:
         clock.lap("experts_s")
@@ -74,6 +77,22 @@ def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
     clock.lap("scoring_s")
     history = read_json(rd.history("experts"))
     tune.report({"epoch": len(history["epochs"]), "val_jaccard": history["best_val_jaccard"], "scores": scores})
+
+
+def _trial_fit(leases: str | None) -> Any:
+    """How the trial trains: on a leased worker group, reporting each epoch to Tune itself, or in
+    its own Ray Train run, whose callback reports them."""
+    from ray import tune
+
+    if leases:
+        from trixmed.train.worker_group import leased_fit
+
+        return functools.partial(leased_fit(leases), on_epoch=tune.report)
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trixmed.train.ray_fit import fit
+
+    return functools.partial(fit, callbacks=(TuneReportCallback(),))
 
 
 def trial_dirname(trial: Any) -> str:
@@ -105,16 +124,18 @@ def score_validation(cfg: Config, rd: RunDir) -> dict[str, float]:
 
 
 class _Clock:
-    """Seconds per step of a trial, rewritten after each step (a stopped trial keeps what it did)."""
+    """Seconds per step of a trial, rewritten after each step (a stopped trial keeps what it did),
+    and when it started and last ended a step (Unix time: the sweep's gaps between trials)."""
 
     def __init__(self, path: Path):
-        self.path, self.laps = path, {}
+        self.path, self.laps = path, {"started_at": time.time()}
         self.t0 = self.last = time.perf_counter()
 
     def lap(self, name: str) -> None:
         t = time.perf_counter()
         self.laps[name] = round(t - self.last, 3)
         self.laps["total_s"] = round(t - self.t0, 3)
+        self.laps["ended_at"] = time.time()
         self.last = t
         write_json(self.path, self.laps)
 
@@ -128,12 +149,22 @@ def _link_stages(source: RunDir, target: RunDir, stages: tuple[str, ...]) -> Non
 
 
 def _shared_clusters(cfg: Config, base: RunDir, exp: ExperimentDir, rd: RunDir, console: Console) -> None:
-    """Stratify once per clustering setting; concurrent trials with the same one wait on a lock."""
-    key = config_hash(cfg, STAGES["stratify"].keys(cfg))[:16]
+    _link_stages(shared_clusters(cfg, base, exp, console), rd, ("stratify",))
+
+
+def clustering_key(cfg: Config) -> str:
+    """What names a clustering setting: the hash of the stratify stage's keys."""
+    return config_hash(cfg, STAGES["stratify"].keys(cfg))[:16]
+
+
+def shared_clusters(cfg: Config, base: RunDir, exp: ExperimentDir, console: Console) -> RunDir:
+    """Stratify once per clustering setting, in `<experiment>/shared/<hash>/` (the sweep does it for
+    every grid point before the trials start); concurrent trials with the same one wait on a lock."""
+    key = clustering_key(cfg)
     shared = RunDir(exp.shared(key))
     shared.root.mkdir(parents=True, exist_ok=True)
     _link_stages(base, shared, ("prepare", "extract"))
     with open(shared.root.parent / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         run_stage(dataclasses.replace(cfg, run_dir=str(shared.root)), "stratify", console=console)
-    _link_stages(shared, rd, ("stratify",))
+    return shared
