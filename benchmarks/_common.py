@@ -35,7 +35,19 @@ def output_path(args: argparse.Namespace) -> Path:
 
 
 def machine() -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def cpu_model() -> str:
+    """The processor's name: ratios measured side by side still move with it (stratify's K-means
+    ratio was 1.06 on one 2-core machine, 1.60 on another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def write_report(args: argparse.Namespace, report: dict, shown: object) -> Path:

@@ -18,13 +18,14 @@ writes benchmarks/results/stratify.{json,md}.
     their files on every pass. Target: peak memory ≤ 2 GiB.
 
 (c) extraction: `extract` (Ray Data, an actor pool of 2 actors × 1 CPU holding the warm-up model,
-    shards of 4,096 samples) against a plain single-process loop (`infer`, torch on both cores) over
-    the same model and the same 15,032 samples of mimic3_safedrug131, wall time of each end to end
-    (model loading and, for Ray Data, actor start-up included; Ray itself already running, as in a
-    pipeline whose training phases share it) on the run directory that
-    `python benchmarks/pipeline.py` leaves (`--extract-run-dir`); skipped with a note when it is
+    4 equal shards of at most 4,096 samples) against a plain single-process loop (`infer`, torch on
+    both cores) over the same model and the same 15,032 samples of mimic3_safedrug131, wall time of
+    each end to end (model loading and, for Ray Data, its first execution and the actors' start-up
+    included; Ray itself already running, as in a pipeline whose training phases share it), 3 runs
+    each, alternating, medians; on the run directory that `python benchmarks/pipeline.py` leaves
+    (`--extract-run-dir`, trained with configs/mimic3_codes.yaml); skipped with a note when it is
     absent. Ratio = plain seconds ÷ Ray Data seconds (throughput ratio; target ≥ 0.8). `--smoke`
-    builds a tiny run instead.
+    builds a tiny run instead (one run each).
 
 Peak memory is the RSS summed over this process and its children (Ray's own processes and the
 workers), sampled every 0.2 s (`PeakRSS` from benchmarks/pipeline.py). The shards are written by a
@@ -50,6 +51,7 @@ FULL = {"in_memory": dict(rows=1_000_000, dim=64, shards=4, clusters=8, iters=20
 SMOKE = {"in_memory": dict(rows=20_000, dim=16, shards=2, clusters=4, iters=5, runs=3),
          "streamed": dict(rows=60_000, dim=16, shards=3, clusters=4, iters=3, budget=2**20)}
 ROW_GROUP = 65_536
+EXTRACT_RUNS = 3
 SEED = 0
 TARGET_RATIO, TARGET_PEAK_GIB = 1.2, 2.0
 GIB = 2**30
@@ -165,7 +167,12 @@ def sklearn_fit(paths: list[Path], case: dict, dist: dict) -> dict:
 
 
 def extraction(run_dir: Path, smoke: bool) -> dict:
-    """(c): the extract stage's Ray Data path against a plain loop over the same model and samples."""
+    """(c): the extract stage's Ray Data path against a plain loop over the same model and samples,
+    alternating, `EXTRACT_RUNS` times each; the medians count. Each Ray Data run has a Ray of its own,
+    so that every run pays Ray Data's first execution, as the one extraction of a pipeline does."""
+    import importlib
+    import statistics
+
     import torch
 
     from trixmed.config import load_config
@@ -178,35 +185,36 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
     from trixmed.train.ray_session import ensure_ray, ray_session
 
     rd = RunDir(run_dir)
-    # the config the pipeline benchmark trained with (the collator's settings come from it)
+    # the config the warm-up was trained with (the collator's settings come from it)
     cfg = load_config(None if smoke else ROOT / "configs" / "mimic3_codes.yaml",
                       [f"run_dir={run_dir}", "data.source=benchmark", f"data.path={run_dir}",
                        "extract.actors=2", "extract.cpus_per_actor=1", "extract.shard_size=4096",
                        *(["model.codes.d_model=32", "model.codes.n_heads=2", "model.codes.n_layers=1",
                           "model.codes.title_words=false", "model.lora.rank=4"] if smoke else [])])
-    samples = Dataset(rd.dataset).samples()
+    samples = len(Dataset(rd.dataset).visits)
     torch.set_num_threads(os.cpu_count() or 1)
-    t0 = time.perf_counter()
-    ds = Dataset(rd.dataset)
-    model = load_model(rd.model("warmup"), cfg, ds.vocab)
-    infer(model, collator_for(cfg, ds.vocab), ds.samples(), batch_size=cfg.extract.batch_size)
-    plain_s = time.perf_counter() - t0
-    out = Path(tempfile.mkdtemp(prefix="trixmed-bench-extract-"))
-    try:
-        with ray_session(cfg):
-            # Ray itself is up before the clock starts, as in a pipeline (the training phases share it);
-            # Ray Data, its actor pool and the actors' model loading are timed
-            import ray.data  # noqa: F401  (imported before the clock, like the plain loop's torch)
-
-            ensure_ray(cfg)
-            t0 = time.perf_counter()
-            summary = extract_features(cfg, rd, out, out / ".partial", Console(stream=open(os.devnull, "w")))
-            ray_s = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return {"samples": len(samples), "dim": summary["dim"], "shards": summary["shards"],
+    importlib.import_module("ray.data")   # imported before the clock, like the plain loop's torch
+    plain, ray_data = [], []
+    for _ in range(1 if smoke else EXTRACT_RUNS):
+        t0 = time.perf_counter()
+        ds = Dataset(rd.dataset)
+        model = load_model(rd.model("warmup"), cfg, ds.vocab)
+        infer(model, collator_for(cfg, ds.vocab), ds.samples(), batch_size=cfg.extract.batch_size)
+        plain.append(time.perf_counter() - t0)
+        out = Path(tempfile.mkdtemp(prefix="trixmed-bench-extract-"))
+        try:
+            with ray_session(cfg):
+                ensure_ray(cfg)   # Ray up before the clock, as in a pipeline (the training phases share it)
+                t0 = time.perf_counter()
+                summary = extract_features(cfg, rd, out, out / ".partial", Console(stream=open(os.devnull, "w")))
+                ray_data.append(time.perf_counter() - t0)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    plain_s, ray_s = statistics.median(plain), statistics.median(ray_data)
+    return {"samples": samples, "dim": summary["dim"], "shards": summary["shards"], "runs": len(plain),
+            "plain_runs_s": [round(t, 2) for t in plain], "ray_data_runs_s": [round(t, 2) for t in ray_data],
             "plain_s": round(plain_s, 2), "ray_data_s": round(ray_s, 2),
-            "plain_samples_per_s": round(len(samples) / plain_s, 1), "ray_data_samples_per_s": round(len(samples) / ray_s, 1),
+            "plain_samples_per_s": round(samples / plain_s, 1), "ray_data_samples_per_s": round(samples / ray_s, 1),
             "ratio": round(plain_s / ray_s, 3), "target_ratio": 0.8}
 
 
@@ -311,7 +319,7 @@ def markdown(report: dict) -> str:
 
     lines = [
         "# Distributed stratify: PCA → z-score → K-means", "",
-        f"{report['date']}, {m['cpus']} CPUs, Python {m['python']}{' (smoke sizes)' if report['smoke'] else ''}.", "",
+        f"{report['date']}, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}{' (smoke sizes)' if report['smoke'] else ''}.", "",
         f"## (a) in memory: {size(a['case'])}", "",
         "| | s / iteration | total s | peak RSS GiB | inertia |", "|---|---|---|---|---|",
         *(f"| {name} | {r['s_per_iteration']} | {r['total_s']} | {r['peak_rss_gib']} | {r['inertia']:.6g} |"
@@ -336,7 +344,9 @@ def markdown(report: dict) -> str:
         lines.append(f"Skipped: {c['skipped']}.")
     else:
         lines += [f"{c['samples']:,} samples, features of width {c['dim']}, {c['shards']} shards; wall time end to end "
-                  "(model loading, and for Ray Data the actor start-up, included).", "",
+                  "(model loading, and for Ray Data its first execution and the actor start-up, included); "
+                  f"median of {c['runs']} alternating runs each (plain {c['plain_runs_s']} s, Ray Data "
+                  f"{c['ray_data_runs_s']} s).", "",
                   "| | seconds | samples/s |", "|---|---|---|",
                   f"| plain loop (1 process, 2 threads) | {c['plain_s']} | {c['plain_samples_per_s']} |",
                   f"| Ray Data (2 actors × 1 CPU) | {c['ray_data_s']} | {c['ray_data_samples_per_s']} |", "",

@@ -22,3 +22,7 @@ def test_stratify_smoke(tmp_path: Path) -> None:
     assert b["distributed"]["total_s"] > 0 and b["distributed"]["peak_rss_gib"] > 0
     assert report["target"] == {"ratio_s_per_iteration": 1.2, "case": "in_memory", "streamed_peak_rss_gib": 2.0}
     assert "## (b) streamed from Parquet" in out.with_suffix(".md").read_text()
+    c = report["results"]["extract"]   # (c) on the tiny run the smoke mode builds
+    assert c["runs"] == 1 and c["plain_s"] == c["plain_runs_s"][0] and c["ray_data_s"] == c["ray_data_runs_s"][0]
+    assert c["ratio"] == pytest.approx(c["plain_s"] / c["ray_data_s"], abs=0.01) and c["target_ratio"] == 0.8
+    assert c["ray_data_samples_per_s"] == pytest.approx(c["samples"] / c["ray_data_s"], rel=0.01)

@@ -170,3 +170,35 @@ def test_expert_parallel_experts_match_replicated_experts(reference, tmp_path):
     assert w_got.keys() == w_ref.keys()
     for k in w_ref:
         np.testing.assert_allclose(w_got[k], w_ref[k], atol=1e-4)
+
+
+def test_a_worker_group_trains_run_after_run_like_ray_train(reference, tmp_path):
+    """The long-lived worker group of a sweep (`tune.trainer: workers`) runs the same trainer as
+    Ray Train: two experts runs in a row on one group each match the Ray Train reference."""
+    import io
+
+    from trixmed.console import Console
+    from trixmed.train.worker_group import WorkerGroup
+
+    ref_root, _ = reference
+    for d in ("dataset", "warmup", "clusters"):
+        shutil.copytree(ref_root / d, tmp_path / d)
+    cfg = tiny_cfg(tmp_path)
+    group = WorkerGroup.start(cfg.distributed, str(tmp_path / "group-logs"), slot=0)
+    ref = json.loads((ref_root / "experts" / "history.json").read_text())
+    w_ref = weights(ref_root / "experts" / "model")
+    try:
+        for run in ("a", "b"):
+            reported = []
+            history = group.fit(cfg, "experts", tmp_path / run, console=Console(stream=io.StringIO()),
+                                on_epoch=reported.append)
+            assert history["world_size"] == 2 and len(reported) == len(history["epochs"])
+            np.testing.assert_allclose([l for e in history["epochs"] for l in e["step_losses"]],
+                                       [l for e in ref["epochs"] for l in e["step_losses"]], atol=1e-4)
+            w_got = weights(tmp_path / run / "model")
+            assert w_got.keys() == w_ref.keys()
+            for k in w_ref:
+                np.testing.assert_allclose(w_got[k], w_ref[k], atol=1e-4)
+        assert not group.broken
+    finally:
+        group.close()

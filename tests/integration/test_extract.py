@@ -9,8 +9,9 @@ import pytest
 from trixmed.cluster.features import feature_shards, read_feature_shard, shard_name, write_feature_shard
 from trixmed.config import load_config
 from trixmed.data.dataset import Dataset
+from trixmed.pipeline.extract import partial_key, shard_ranges
 from trixmed.pipeline.stages import STAGES, config_hash, input_hash, run_stage
-from trixmed.run_dir import RunDir, hash_json
+from trixmed.run_dir import RunDir
 from trixmed.testing import TINY_OVERRIDES, make_tiny_dataset, save_tiny_llama, save_untrained_warmup
 from trixmed.train.inference import collator_for, infer
 
@@ -56,21 +57,46 @@ def test_output_is_the_same_for_one_and_two_actors_and_equals_a_plain_loop(ray_s
 def test_an_interrupted_extraction_resumes_from_its_finished_shards(ray_session, tmp_path):
     cfg, ds = _run_dir(tmp_path)
     rd = RunDir(tmp_path)
-    # the shards an interrupted run left behind, marked so that reuse (not recomputation) shows
-    key = hash_json([input_hash(cfg, rd, STAGES["extract"]), config_hash(cfg, STAGES["extract"].keys(cfg))])[:12]
-    partial = rd.partial(f"extract-{key}")
-    partial.mkdir(parents=True)
     samples = ds.samples()
+    shards = shard_ranges(len(samples), 16)
+    # the shards an interrupted run left behind, marked so that reuse (not recomputation) shows
+    partial = rd.partial("extract-" + partial_key(cfg, input_hash(cfg, rd, STAGES["extract"]),
+                                                  config_hash(cfg, STAGES["extract"].keys(cfg))))
+    partial.mkdir(parents=True)
     for i in (0, 2):
-        chunk = samples[16 * i:16 * (i + 1)]
-        write_feature_shard(partial / shard_name(i), [s.visit_key for s in chunk], [s.patient_id for s in chunk],
-                            [s.split for s in chunk], np.full((len(chunk), 32), 7.0, np.float32))
+        _, a, b = shards[i]
+        write_feature_shard(partial / shard_name(i), [s.visit_key for s in samples[a:b]],
+                            [s.patient_id for s in samples[a:b]], [s.split for s in samples[a:b]],
+                            np.full((b - a, 32), 7.0, np.float32))
     result = run_stage(cfg, "extract")
     assert result.summary["resumed_shards"] == 2
     keys, x = _features(tmp_path)
     assert keys == [s.visit_key for s in samples]
-    assert (x[:16] == 7.0).all() and (x[32:48] == 7.0).all() and not (x[16:32] == 7.0).any()
+    marked = np.zeros(len(samples), bool)
+    for i in (0, 2):
+        marked[shards[i][1]:shards[i][2]] = True
+    assert (x[marked] == 7.0).all() and not (x[~marked] == 7.0).any()
     assert not partial.exists()   # moved into features/, nothing left behind
+
+
+def test_a_resumed_extraction_with_another_shard_size_starts_afresh(ray_session, tmp_path):
+    """The shard size is not hashed (it does not change the features), but a shard index means
+    other samples under another size: finished shards are reused only under the same size."""
+    cfg, ds = _run_dir(tmp_path)
+    rd = RunDir(tmp_path)
+    ihash, chash = input_hash(cfg, rd, STAGES["extract"]), config_hash(cfg, STAGES["extract"].keys(cfg))
+    other = load_config(None, [*TINY_OVERRIDES, f"run_dir={tmp_path}", "extract.shard_size=10", "extract.batch_size=8"])
+    assert config_hash(other, STAGES["extract"].keys(other)) == chash
+    assert partial_key(other, ihash, chash) != partial_key(cfg, ihash, chash)
+    partial = rd.partial("extract-" + partial_key(cfg, ihash, chash))
+    partial.mkdir(parents=True)
+    samples = ds.samples()
+    write_feature_shard(partial / shard_name(0), [s.visit_key for s in samples[:16]], [s.patient_id for s in samples[:16]],
+                        [s.split for s in samples[:16]], np.full((16, 32), 7.0, np.float32))
+    result = run_stage(other, "extract")
+    assert result.summary["resumed_shards"] == 0 and result.summary["shards"] == len(shard_ranges(len(samples), 10))
+    keys, x = _features(tmp_path)
+    assert keys == [s.visit_key for s in samples] and not (x == 7.0).any()
 
 
 def test_hf_backbone_extracts_with_the_tiny_llama(ray_session, tmp_path):

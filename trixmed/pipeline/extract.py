@@ -22,7 +22,7 @@ import numpy as np
 from trixmed.cluster.features import feature_dim, shard_name, write_feature_shard
 from trixmed.config import Config, from_dict, to_dict
 from trixmed.console import Console
-from trixmed.run_dir import RunDir
+from trixmed.run_dir import RunDir, hash_json
 
 
 class ShardExtractor:
@@ -62,9 +62,8 @@ def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console:
     interruptions (removed once all are in `out`)."""
     from trixmed.data.dataset import Dataset
 
-    n = len(Dataset(rd.dataset).visits)   # one sample per visit
-    size = cfg.extract.shard_size
-    shards = [(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
+    shards = shard_ranges(len(Dataset(rd.dataset).visits), cfg.extract.shard_size)   # one sample per visit
+    n = shards[-1][2] if shards else 0
     partial.mkdir(parents=True, exist_ok=True)
     todo = [s for s in shards if not (partial / shard_name(s[0])).is_file()]
     if len(todo) < len(shards):
@@ -76,6 +75,21 @@ def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console:
     shutil.rmtree(partial, ignore_errors=True)
     dim = feature_dim(out / shard_name(0)) if shards else 0
     return {"samples": n, "dim": dim, "shards": len(shards), "resumed_shards": len(shards) - len(todo)}
+
+
+def shard_ranges(n: int, size: int) -> list[tuple[int, int, int]]:
+    """(index, start, end) of the fewest equal shards of at most `size` samples: equal, so that a
+    short last shard does not leave the pool's actors unevenly loaded."""
+    count = -(-n // size)
+    per = -(-n // count) if count else 0
+    return [(i, i * per, min((i + 1) * per, n)) for i in range(count)]
+
+
+def partial_key(cfg: Config, input_hash: str, config_hash: str) -> str:
+    """Names the directory of an interrupted extraction's finished shards: the stage's inputs and
+    hashed config, and the shard size, which is not hashed (it does not change the features) but
+    sets which samples a shard index holds."""
+    return hash_json([input_hash, config_hash, cfg.extract.shard_size])[:12]
 
 
 def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], partial: Path, console: Console,

@@ -111,9 +111,9 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str, StageContext], di
 
 
 def _extract(cfg: Config, rd: RunDir, out: Path, ihash: str, ctx: StageContext) -> dict[str, Any]:
-    from trixmed.pipeline.extract import extract_features
+    from trixmed.pipeline.extract import extract_features, partial_key
 
-    key = hash_json([ihash, config_hash(cfg, STAGES["extract"].keys(cfg))])[:12]
+    key = partial_key(cfg, ihash, config_hash(cfg, STAGES["extract"].keys(cfg)))
     return extract_features(cfg, rd, out, rd.partial(f"extract-{key}"), ctx.console)
 
 
