@@ -171,6 +171,7 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
     alternating, `EXTRACT_RUNS` times each; the medians count. Each Ray Data run has a Ray of its own,
     so that every run pays Ray Data's first execution, as the one extraction of a pipeline does."""
     import importlib
+    import io
     import statistics
 
     import torch
@@ -194,6 +195,7 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
     samples = len(Dataset(rd.dataset).visits)
     torch.set_num_threads(os.cpu_count() or 1)
     importlib.import_module("ray.data")   # imported before the clock, like the plain loop's torch
+    quiet = Console(stream=io.StringIO())
     plain, ray_data = [], []
     for _ in range(1 if smoke else EXTRACT_RUNS):
         t0 = time.perf_counter()
@@ -206,7 +208,7 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
             with ray_session(cfg):
                 ensure_ray(cfg)   # Ray up before the clock, as in a pipeline (the training phases share it)
                 t0 = time.perf_counter()
-                summary = extract_features(cfg, rd, out, out / ".partial", Console(stream=open(os.devnull, "w")))
+                summary = extract_features(cfg, rd, out, out / ".partial", quiet)
                 ray_data.append(time.perf_counter() - t0)
         finally:
             shutil.rmtree(out, ignore_errors=True)

@@ -62,8 +62,8 @@ def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console:
     interruptions (removed once all are in `out`)."""
     from trixmed.data.dataset import Dataset
 
-    shards = shard_ranges(len(Dataset(rd.dataset).visits), cfg.extract.shard_size)   # one sample per visit
-    n = shards[-1][2] if shards else 0
+    n = len(Dataset(rd.dataset).visits)   # one sample per visit
+    shards = shard_ranges(n, cfg.extract.shard_size)
     partial.mkdir(parents=True, exist_ok=True)
     todo = [s for s in shards if not (partial / shard_name(s[0])).is_file()]
     if len(todo) < len(shards):
