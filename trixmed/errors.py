@@ -20,3 +20,7 @@ class TrixmedError(Exception):
         self.where = str(where) if where is not None else None
         self.problem = " ".join(str(problem).split())  # force one line
         super().__init__(f"{self.where}: {self.problem}" if self.where else self.problem)
+
+    def __reduce__(self) -> tuple[type, tuple[str | None, str]]:
+        # a worker's error crosses to the driver pickled (Ray); the default would call __init__ with one argument
+        return type(self), (self.where, self.problem)

@@ -28,3 +28,15 @@ def shared_data_dir() -> Path | None:
         if (c / "benchmark").is_dir():
             return c
     return None
+
+
+def cache_dir() -> Path:
+    """Where derived, re-creatable files live (GGUF checkpoints dequantised to safetensors).
+
+    `TRIXMED_CACHE` wins (point it at a shared filesystem on a cluster, so one node converts for
+    all), then `$XDG_CACHE_HOME/trixmed`, then `~/.cache/trixmed`.
+    """
+    env = os.environ.get("TRIXMED_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trixmed"

@@ -5,7 +5,7 @@ import torch
 
 from trixmed.testing import FakeTitles, make_samples, tiny_config
 from trixmed.models import build_collator, build_model, load_model, save_model
-from trixmed.models.hf import load_tokenizer
+from trixmed.models.checkpoint import load_tokenizer
 from trixmed.testing import save_tiny_llama
 
 

@@ -29,10 +29,12 @@ def _codes(sample: Sample, kind: str) -> set[str]:
 
 
 def cluster_profiles(dataset: Dataset, clusters: dict[str, int], num_clusters: int, *, top: int = 10,
-                     titles: CodeTitles | None = None, split: str = "train") -> dict[str, Any]:
-    """Profiles of clusters 0..num_clusters-1 over the `split` samples (`clusters`: visit_key → id)."""
+                     titles: CodeTitles | None = None, split: str = "train",
+                     samples: list[Sample] | None = None) -> dict[str, Any]:
+    """Profiles of clusters 0..num_clusters-1 over the `split` samples, or over `samples` (a subset
+    of them: lift is then against that subset) (`clusters`: visit_key → id)."""
     titles = titles or CodeTitles.default()
-    samples = dataset.samples(split)
+    samples = dataset.samples(split) if samples is None else samples
     labels = np.array([clusters[s.visit_key] for s in samples], dtype=np.int64)
     cohort = {kind: Counter(c for s in samples for c in _codes(s, kind)) for kind in _KINDS}
     med_index = dataset.vocab.index("med")

@@ -11,53 +11,26 @@ from __future__ import annotations
 
 import warnings
 
-from typing import Any
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trixmed.config import HFBackboneConfig, LoraConfig
+from trixmed.config import LoraConfig
 from trixmed.errors import TrixmedError
 
 
-def load_causal_lm(cfg: HFBackboneConfig) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(cfg.path, local_files_only=True, dtype=_dtype(cfg))
-    except (OSError, ValueError) as exc:
-        raise TrixmedError(cfg.path, f"cannot load a causal LM from this directory: {' '.join(str(exc).split())[:300]}") from None
-
-
-def load_tokenizer(cfg: HFBackboneConfig) -> Any:
-    """The backbone's tokenizer, with a pad token (Llama has none: reuse EOS)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise TrixmedError(cfg.path, f"cannot load a tokenizer from this directory: {' '.join(str(exc).split())[:300]}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def _dtype(cfg: HFBackboneConfig) -> torch.dtype:
-    dtype = getattr(torch, cfg.torch_dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise TrixmedError("model.hf.torch_dtype", f"not a torch dtype: {cfg.torch_dtype!r}")
-    return dtype
-
-
 class HFBackbone(nn.Module):
-    def __init__(self, cfg: HFBackboneConfig, lora: LoraConfig):
+    """A causal LM (loaded by trixmed.models.checkpoint, or built by the caller: random weights for
+    a GPU check) with peft LoRA on the `lora.targets` linears; the base stays frozen."""
+
+    def __init__(self, lm: nn.Module, lora: LoraConfig, *, gradient_checkpointing: bool = False, name: str = "the model"):
         super().__init__()
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-        lm = load_causal_lm(cfg)
-        if cfg.gradient_checkpointing:
-            lm.activation_checkpointing_enable()
+        if gradient_checkpointing:
+            # transformers 5.20 renamed it; the bare-GPU check (benchmarks/gpu_check.py) runs on
+            # whatever transformers a GPU machine has (5.17 on the lent H200)
+            enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+            enable()
             lm.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input with a frozen base
         self.hidden_size = lm.config.hidden_size
         peft_cfg = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -69,7 +42,7 @@ class HFBackbone(nn.Module):
                 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
                 self.peft = get_peft_model(lm, peft_cfg)
         except ValueError as exc:
-            raise TrixmedError("model.lora.targets", f"{lora.targets} match no layer of {cfg.path}: {exc}") from None
+            raise TrixmedError("model.lora.targets", f"{lora.targets} match no layer of {name}: {exc}") from None
 
     @property
     def lm(self) -> nn.Module:

@@ -171,9 +171,10 @@ def set_backbone_trainable(model: MedRecModel, what: str) -> None:
 
 
 def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | None = None,
-                titles: Any = None) -> MedRecModel:
+                titles: Any = None, lm: nn.Module | None = None) -> MedRecModel:
     """A fresh model for `phase`. `titles` (trixmed.text.CodeTitles) feeds the codes backbone's title
-    words; None loads the bundled CodeTitles.default() when model.codes.title_words is on."""
+    words; None loads the bundled CodeTitles.default() when model.codes.title_words is on. `lm`
+    (hf only) is a causal LM built by the caller instead of the one model.hf names."""
     tables = None
     if cfg.model.backbone == "codes" and cfg.model.codes.title_words:
         if titles is None:
@@ -182,11 +183,11 @@ def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | No
             titles = CodeTitles.default()
         tables, words = build_title_words(vocab, titles)
         tables = (tables, len(words))
-    return _build(cfg.model, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables)
+    return _build(cfg.model, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables, lm=lm)
 
 
 def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters: int | None,
-           title_tables: tuple[dict[str, Tensor], int] | None) -> MedRecModel:
+           title_tables: tuple[dict[str, Tensor], int] | None, lm: nn.Module | None = None) -> MedRecModel:
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     moe = mcfg.moe
@@ -206,9 +207,12 @@ def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters
         if not adapted:
             raise TrixmedError("model.lora.targets", f"{lora.targets} match no linear layer of the codes backbone")
     else:
+        from trixmed.models.checkpoint import load_causal_lm, locate
         from trixmed.models.hf import HFBackbone
 
-        backbone = HFBackbone(mcfg.hf, lora)   # peft: base frozen, LoRA trainable
+        name = "the given model" if lm is not None else str(locate(mcfg.hf).where)
+        backbone = HFBackbone(lm if lm is not None else load_causal_lm(mcfg.hf), lora,   # peft: base frozen, LoRA trainable
+                              gradient_checkpointing=mcfg.hf.gradient_checkpointing, name=name)
         if phase == "experts" and moe.router != "none":
             _peft_to_moe(backbone, moe.num_experts, lora)
     return MedRecModel(mcfg, backbone, sizes, phase, num_clusters)
@@ -267,13 +271,13 @@ def saved_model_config(directory: str | Path) -> ModelConfig:
 
 
 def load_model(directory: str | Path, cfg: Config, vocab: Vocab) -> MedRecModel:
-    """Rebuild a saved model. Its own model config wins, except `model.hf.path` when cfg sets one."""
+    """Rebuild a saved model. Its own model config wins, except the hf checkpoint source
+    (model.hf.path / gguf / package) when cfg sets one."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
     meta, mcfg = _read_meta(directory)
-    if cfg.model.hf.path:
-        mcfg = dataclasses.replace(mcfg, hf=dataclasses.replace(mcfg.hf, path=cfg.model.hf.path))
+    mcfg = dataclasses.replace(mcfg, hf=mcfg.hf.with_source_of(cfg.model.hf))
     sizes = vocab.sizes()
     for kind, n in meta["sizes"].items():
         if sizes[kind] != n:

@@ -311,16 +311,11 @@ def param_counts(cfg: Config) -> dict[str, Any]:
 
     experts = cfg.model.moe.num_experts if cfg.model.moe.router != "none" else 1
     if cfg.model.backbone == "hf":
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        candidates = [Path(cfg.model.hf.path) / "config.json"] if cfg.model.hf.path else []
-        if cfg.plan.arch_config:
-            candidates.append(Path(cfg.plan.arch_config))
-        arch_file = next((c for c in candidates if c.is_file()), None)
-        if arch_file is None:
-            raise TrixmedError("model.hf.path", "model directory not on this machine; set plan.arch_config to its config.json")
+        arch_config, arch_file = _architecture(cfg)
         with torch.device("meta"):
-            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(arch_file)))
+            lm = AutoModelForCausalLM.from_config(arch_config)
         c = lm.config
         hidden = c.hidden_size
         n_med = cfg.data.processing.top_med
@@ -364,3 +359,27 @@ def param_counts(cfg: Config) -> dict[str, Any]:
     expert_trainable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and ".experts_" in name)
     return {"frozen": frozen, "trainable": trainable, "expert_trainable": expert_trainable, "largest_layer": largest,
             "largest_trainable": largest, "arch": arch, "source": source}
+
+
+def _architecture(cfg: Config) -> tuple[Any, str]:
+    """The hf checkpoint's architecture (no weights) and where it was read: the checkpoint itself
+    when it is on this machine, else `plan.arch_config` (planning a cluster run from a laptop)."""
+    from transformers import AutoConfig
+
+    from trixmed.models.checkpoint import load_arch_config
+
+    try:
+        return load_arch_config(cfg.model.hf), _checkpoint_name(cfg)
+    except TrixmedError:
+        if not cfg.plan.arch_config:
+            raise TrixmedError(f"model.hf.{cfg.model.hf.sources()[0]}",
+                               "checkpoint not on this machine; set plan.arch_config to its config.json") from None
+    if not Path(cfg.plan.arch_config).is_file():
+        raise TrixmedError(cfg.plan.arch_config, "not found (plan.arch_config)")
+    return AutoConfig.from_pretrained(cfg.plan.arch_config), cfg.plan.arch_config
+
+
+def _checkpoint_name(cfg: Config) -> str:
+    from trixmed.models.checkpoint import locate
+
+    return str(locate(cfg.model.hf).where)

@@ -24,15 +24,14 @@ from trixmed.run_dir import RunDir
 
 def trained_config(cfg: Config, rd: RunDir) -> Config:
     """`cfg` with the experts model's own model section (model.json), as `load_model` rebuilds it;
-    a `model.hf.path` set in `cfg` still wins (weights may live elsewhere on this machine)."""
+    an hf checkpoint source set in `cfg` still wins (weights may live elsewhere on this machine)."""
     from trixmed.models.model import META_FILE
 
     path = rd.model("experts") / META_FILE
     if not path.is_file():
         raise TrixmedError(path, "missing; the run has no trained experts model (`trixmed run`)")
     model = from_dict(ModelConfig, read_json(path)["model"], str(path), "model")
-    if cfg.model.hf.path:
-        model = dataclasses.replace(model, hf=dataclasses.replace(model.hf, path=cfg.model.hf.path))
+    model = dataclasses.replace(model, hf=model.hf.with_source_of(cfg.model.hf))
     return dataclasses.replace(cfg, model=model)
 
 

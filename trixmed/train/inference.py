@@ -54,7 +54,7 @@ def collator_for(cfg: Config, vocab: Vocab, phase: str | None = None) -> Callabl
 
     if cfg.model.backbone == "codes":
         return build_collator(cfg, vocab)
-    from trixmed.models.hf import load_tokenizer
+    from trixmed.models.checkpoint import load_tokenizer
 
     with_output = phase == "warmup" and cfg.warmup.lm_weight > 0
     return build_collator(cfg, vocab, tokenizer=load_tokenizer(cfg.model.hf), with_output=with_output)

@@ -112,6 +112,7 @@ class Trainer:
         self.strategy = DeepSpeedStrategy(self.cfg.distributed, self.cfg.model.moe)
         self.scratch = Path(tempfile.mkdtemp(prefix="trixmed-best-"))
         self.writer: Any = None   # rank 0's TensorBoard writer, opened by setup
+        self.epoch_tokens = 0.0   # tokens the last epoch fed the model, summed over ranks (hf backbone)
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_jaccard": -1.0, "best_epoch": -1,
                                       "bad_epochs": 0, "stopped": False, "history": []}
 
@@ -140,8 +141,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.rd.tensorboard(self.phase)))
-        self.progress.event("phase", phase=self.phase, total_steps=self.steps_per_epoch * self.pcfg.epochs,
-                            position=self.state["global_step"])
+        total = self.steps_per_epoch * self.pcfg.epochs
+        self.progress.event("phase", phase=self.phase, total_steps=total, position=self.state["global_step"])
+        self.pace = Pace(self.phase, total - self.state["global_step"], self.world, str(self.strategy.device.type),
+                         self.progress if self.cfg.model.backbone == "hf" else None)
 
     def _resume(self) -> None:
         checkpoint = self.session.checkpoint()
@@ -209,9 +212,10 @@ class Trainer:
         engine.train()
         t0 = time.perf_counter()
         local_losses: list[float] = []
+        local_tokens = 0
         for micro_batches in self._micro_batches(epoch):
             self._maybe_fail()
-            loss_sum = 0.0
+            loss_sum, tokens = 0.0, 0
             for idx in micro_batches:
                 batch = self._collate(self.train_samples, idx)
                 out = engine(batch)
@@ -219,13 +223,16 @@ class Trainer:
                 engine.backward(loss)
                 engine.step()
                 loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             local_losses.append(loss_sum / self.accum)
+            local_tokens += tokens
             self.state["global_step"] += 1
+            self.pace.step(tokens)
             self.progress.step(self.state["global_step"], epoch=epoch + 1, loss=f"{local_losses[-1]:.4f}")
         # one collective per epoch, not per step: a step's loss = mean over every micro-batch of
-        # every rank = the loss of the global batch
-        step_losses = [v / self.world for v in self.strategy.all_reduce_sum(local_losses)]
-        return step_losses, time.perf_counter() - t0
+        # every rank = the loss of the global batch; the token count rides along
+        *sums, self.epoch_tokens = self.strategy.all_reduce_sum([*local_losses, float(local_tokens)])
+        return [v / self.world for v in sums], time.perf_counter() - t0
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -261,6 +268,10 @@ class Trainer:
             "train_s": train_s,
             "val_s": val_s,
         }
+        if self.epoch_tokens:   # hf: tokens through the model, every rank's
+            record["tokens_per_s"] = self.epoch_tokens / train_s
+        if self.strategy.device.type == "cuda":
+            record["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.strategy.device) / 2**30
         # without validation visits the last epoch is kept and early stopping is off
         improved = not self.val_samples or val_jaccard > state["best_jaccard"]
         if improved:
@@ -337,3 +348,42 @@ class Trainer:
         print(f"[test hook] rank {self.rank} exits at step {step} (test_hooks.fail_at_step)", flush=True)
         os._exit(1)
 
+
+class Pace:
+    """The phase's measured pace, said once on the console after its first steps: a language model
+    on a CPU can need hours, and the user should know before waiting for them (no run is silently
+    shortened). Rank 0's tokens/s × world is the phase's rate; the first step (allocation, caches)
+    is not timed."""
+
+    MEASURED_STEPS = 3
+
+    def __init__(self, phase: str, remaining_steps: int, world: int, device: str, progress: ProgressReporter | None):
+        self.phase, self.remaining, self.world, self.device, self.progress = phase, remaining_steps, world, device, progress
+        self.steps, self.tokens, self.t0 = 0, 0, 0.0
+
+    def step(self, tokens: int) -> None:
+        if self.progress is None:
+            return
+        self.steps += 1
+        if self.steps == 1:
+            self.t0 = time.perf_counter()
+            return
+        self.tokens += tokens
+        if self.steps == 1 + self.MEASURED_STEPS:
+            per_step = (time.perf_counter() - self.t0) / self.MEASURED_STEPS
+            left = per_step * (self.remaining - self.steps)
+            rate = self.tokens / (per_step * self.MEASURED_STEPS)
+            note = "  (a GPU cluster is the place for this run: docs/model.md)" if self.device == "cpu" and left > 3600 else ""
+            self.progress.event("message", text=f"[{self.phase}] measured {rate:,.0f} tokens/s per worker on {self.world} "
+                                                f"{self.device} worker(s): about {format_duration(left)} of training left{note}")
+            self.progress = None
+
+
+def format_duration(seconds: float) -> str:
+    """`2 h 05 min`, `14 min`, `40 s`."""
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds:.0f} s"
