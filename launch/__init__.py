@@ -94,7 +94,8 @@ class TrixmedJob:
             log_dir = Path(env.get("TRIXMED_LOG_ROOT") or Path(env.get("SLURM_SUBMIT_DIR", os.getcwd())) / "logs") \
                 / f"{env.get('SLURM_JOB_NAME', 'trixmed')}-{env['SLURM_JOB_ID']}"
         else:
-            plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", "--nodes", "1", "--gpus-per-node", "0",
+            tune = ["--tune"] if self.command == "tune" else []
+            plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", "--nodes", "1", "--gpus-per-node", "0", *tune,
                                    *_plan_args(self.args)], env=env, cwd=REPO, capture_output=True, text=True)
             print(plan.stdout + plan.stderr, flush=True)
             if plan.returncode:
