@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,12 @@ def narratives(cfg: Any) -> list[str]:
     return texts
 
 
-def save_random_llama(path: Path, arch: Path, corpus: list[str], device: str) -> Path:
-    """A random-weight LlamaForCausalLM of `arch` (bf16) and a BPE tokenizer trained on `corpus`."""
+def save_random_llama(path: Path, arch: Path, corpus: list[str]) -> Path:
+    """A random-weight LlamaForCausalLM of `arch` (bf16) and a BPE tokenizer trained on `corpus`.
+
+    The model is laid out on the meta device and its bf16 weights made and initialised in host
+    memory, so the driver never allocates GPU memory (an 8B model built on a GPU in fp32 took 32 GB
+    of the first GPU, which the caching allocator kept while the workers trained)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -72,8 +77,10 @@ def save_random_llama(path: Path, arch: Path, corpus: list[str], device: str) ->
     config = AutoConfig.from_pretrained(str(arch))
     config.bos_token_id, config.eos_token_id = 0, 1   # the trained tokenizer's ids (the vocabulary stays the architecture's)
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device("meta"):   # transformers skips the initialisation of a meta model: it is done below
         model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = model.to_empty(device="cpu")
+    model.init_weights()
     model.save_pretrained(path, safe_serialization=True)
     del model
     return path
@@ -120,6 +127,15 @@ def token_counts(cfg: Any) -> tuple[int, int]:
     return tokens, len(train)
 
 
+def gpu_inventory() -> list[tuple[str, float]]:
+    """(name, memory in GiB) of each GPU, from nvidia-smi: asking torch would create a CUDA context,
+    and GPU memory with it, in the driver."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits",
+                          *(["-i", visible] if visible else [])], capture_output=True, text=True, check=True).stdout
+    return [(name.strip(), int(mib) / 1024) for name, mib in (line.rsplit(",", 1) for line in out.strip().splitlines())]
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
@@ -129,8 +145,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from trixmed.train.ray_session import ray_session
 
     cuda = torch.cuda.is_available()
-    gpus = torch.cuda.device_count() if cuda else 0
-    gib = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus)) / 1024**3 if gpus else 0.0
+    inventory = gpu_inventory() if cuda else []
+    gpus = len(inventory)
+    gib = min(mem for _, mem in inventory) if gpus else 0.0
     workers = gpus or 2
     base = [*DEMO_DATA, f"run_dir={work / 'run'}", f"distributed.num_workers={workers}",
             f"distributed.use_gpu={'true' if cuda else 'false'}", "distributed.max_failures=0",
@@ -153,7 +170,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     else:
         arch = ARCH_8B if gib >= MIN_GIB_FOR_8B else ARCH_1B
         arch_name = f"{arch.name} (random weights)"
-        save_random_llama(work / "model", arch, corpus, "cuda" if cuda else "cpu")
+        save_random_llama(work / "model", arch, corpus)
     tokens, samples = token_counts(cfg)
     steps_per_epoch = math.ceil(samples / cfg.experts.effective_batch_size)
     epochs = max(1, math.ceil(args.steps / steps_per_epoch))
@@ -178,7 +195,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     train_s = sum(e["train_s"] for e in steady)
     steps = steps_per_epoch * len(steady)
     return {
-        "device": torch.cuda.get_device_name(0) if cuda else "CPU (smoke)",
+        "device": inventory[0][0] if cuda else "CPU (smoke)",
         "gpus": gpus,
         "gpu_memory_gib": round(gib, 1),
         "architecture": arch_name,

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SLURM_DIR = REPO / "slurm"
-TEMPLATES = {"run": SLURM_DIR / "train.sbatch", "tune": SLURM_DIR / "tune.sbatch"}
+from launch.locate import checkout, slurm_dir
+
+TEMPLATES = {"run": "train.sbatch", "tune": "tune.sbatch"}
 
 
 def sbatch_resources(command: str) -> dict[str, str]:
@@ -41,7 +41,7 @@ def sbatch_resources(command: str) -> dict[str, str]:
     if command not in TEMPLATES:
         raise ValueError(f"command must be one of {', '.join(TEMPLATES)}, got {command!r}")
     found: dict[str, str] = {}
-    for line in TEMPLATES[command].read_text().splitlines():
+    for line in (slurm_dir() / TEMPLATES[command]).read_text().splitlines():
         m = re.match(r"#SBATCH\s+--([\w-]+)(?:=(\S+))?", line)
         if m:
             found[m.group(1)] = m.group(2) or ""
@@ -90,18 +90,19 @@ class TrixmedJob:
         if in_slurm:
             # submitit owns the requeue; job.sh only stops cleanly on USR1
             env["TRIXMED_REQUEUE"] = "0"
-            cmd = ["bash", str(SLURM_DIR / "job.sh"), self.command, *self.args]
+            cmd = ["bash", str(slurm_dir() / "job.sh"), self.command, *self.args]
             log_dir = Path(env.get("TRIXMED_LOG_ROOT") or Path(env.get("SLURM_SUBMIT_DIR", os.getcwd())) / "logs") \
                 / f"{env.get('SLURM_JOB_NAME', 'trixmed')}-{env['SLURM_JOB_ID']}"
         else:
-            plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", "--nodes", "1", "--gpus-per-node", "0",
-                                   *_plan_args(self.args)], env=env, cwd=REPO, capture_output=True, text=True)
+            tune = ["--tune"] if self.command == "tune" else []
+            plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", "--nodes", "1", "--gpus-per-node", "0", *tune,
+                                   *_plan_args(self.args)], env=env, cwd=checkout(), capture_output=True, text=True)
             print(plan.stdout + plan.stderr, flush=True)
             if plan.returncode:
                 raise RuntimeError(f"trixmed plan refused the job: {plan.stderr.strip()}")
             cmd = [sys.executable, "-m", "trixmed.cli", self.command, *self.args]
             log_dir = None
-        self._proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+        self._proc = subprocess.Popen(cmd, env=env, cwd=checkout())
         rc = self._proc.wait()
         self._proc = None
         result = {"command": self.command, "returncode": rc, "log_dir": str(log_dir) if log_dir else None,
@@ -167,7 +168,7 @@ def submit(command: str, args: list[str], *, executor: str = "slurm", folder: st
     import submitit
 
     res = sbatch_resources(command)
-    folder = Path(folder or REPO / "logs" / "submitit")
+    folder = Path(folder or checkout() / "logs" / "submitit")
     if executor not in ("slurm", "local"):
         raise ValueError(f"executor must be slurm or local, got {executor!r}")
     if executor == "slurm" and shutil.which("sbatch") is None:
@@ -176,7 +177,7 @@ def submit(command: str, args: list[str], *, executor: str = "slurm", folder: st
     if executor == "slurm":
         signal_spec = res.get("signal", "B:USR1@300")
         delay = int(signal_spec.rsplit("@", 1)[1]) if "@" in signal_spec else 300
-        extra: dict[str, Any] = {"requeue": True, "chdir": str(REPO)}
+        extra: dict[str, Any] = {"requeue": True, "chdir": str(checkout())}
         if partition:
             extra["partition"] = partition
         if account:

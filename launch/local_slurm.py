@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "slurm" / "local-cluster.sh"
+from launch.locate import checkout, slurm_dir
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
@@ -78,7 +78,8 @@ class LocalSlurm:
                "SLURM_LOCAL_PORT": str(self.port)}
         if self.cpus:
             env["SLURM_LOCAL_CPUS"] = str(self.cpus)
-        return subprocess.run(["bash", str(SCRIPT), action], env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(["bash", str(slurm_dir() / "local-cluster.sh"), action], env=env, capture_output=True, text=True,
+                              timeout=timeout)
 
     @classmethod
     @contextmanager
@@ -96,7 +97,7 @@ class LocalSlurm:
             slurm._script("stop")
 
     def run(self, *cmd: str, timeout: float = 30) -> str:
-        proc = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        proc = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout, cwd=checkout())
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
@@ -104,7 +105,7 @@ class LocalSlurm:
     def sbatch(self, args: list[str], env: dict[str, str] | None = None) -> str:
         """Submit from the repository root; returns the job id."""
         proc = subprocess.run(["sbatch", "--parsable", *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=30, cwd=REPO)
+                              capture_output=True, text=True, timeout=30, cwd=checkout())
         if proc.returncode:
             raise RuntimeError(f"sbatch {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout.strip().split(";")[0]

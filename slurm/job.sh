@@ -143,6 +143,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 set -- "${user_args[@]}"
+# a sweep is planned as its trials run (the config's workers per trial, tune.max_concurrent_trials at once)
+[ "$command" = tune ] && plan_args+=(--tune)
+[ -n "${SLURM_CPUS_ON_NODE:-}" ] && plan_args+=(--cpus-per-node "$SLURM_CPUS_ON_NODE")
 if ! "$TRIXMED" plan --nodes "${#nodes[@]}" --gpus-per-node "$gpn" "${plan_args[@]}" "${extra[@]}"; then
   tlog "trixmed plan refused this job's shape: not starting Ray"
   mark job_end

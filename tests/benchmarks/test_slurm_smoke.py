@@ -30,9 +30,10 @@ def test_slurm_benchmark_smoke(tmp_path: Path) -> None:
     assert report["smoke"] is True and report["nodes"] == 2
     r = report["result"]
     assert r["train_worker_ips"] == ["127.0.0.11", "127.0.0.12"]
-    # the timeline adds up: queue + start-up < sbatch → first step < whole job
+    # the job's timeline is in order: plan, then Ray up, then trixmed (whose first training step
+    # comes after the cluster is up), then shutdown, all within the job
     assert 0 <= r["queue_s"] < r["sbatch_to_first_step_s"] < r["queue_s"] + r["job_wall_s"]
-    assert abs(r["plan_s"] + r["ray_start_s"] - r["startup_s"]) < 1e-6
-    assert 0 < r["startup_s"] < r["job_wall_s"] and 0 < r["trixmed_s"] < r["job_wall_s"]
-    assert r["startup_share"] == pytest.approx(r["startup_s"] / r["job_wall_s"])
+    assert r["plan_s"] > 0 and r["ray_start_s"] > 0 and r["trixmed_s"] > 0 and r["shutdown_s"] > 0
+    assert r["sbatch_to_first_step_s"] > r["queue_s"] + r["startup_s"]
+    assert r["startup_s"] + r["trixmed_s"] + r["shutdown_s"] <= r["job_wall_s"]
     assert 0 < r["startup_share"] < r["startup_and_shutdown_share"] < 1

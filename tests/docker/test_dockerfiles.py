@@ -77,3 +77,11 @@ def test_each_image_installs_exactly_what_the_readme_installs(name):
 def test_the_cuda_image_has_a_cuda_base_and_the_cpu_image_does_not():
     assert re.search(r"^FROM nvidia/cuda:[\w.]+-cudnn-devel-ubuntu", DOCKERFILES["gpu"].read_text(), flags=re.M)
     assert re.search(r"^FROM python:3\.11-slim", DOCKERFILES["cpu"].read_text(), flags=re.M)
+
+
+def test_the_cuda_image_has_the_slurm_commands_job_sh_calls():
+    """job.sh runs inside the image on a cluster; Ubuntu's slurm-client has srun, scontrol, squeue, scancel."""
+    job = (REPO / "slurm" / "job.sh").read_text()
+    assert all(re.search(rf"^\s*[^#\n]*\b{tool}\b", job, flags=re.M) for tool in ("srun", "scontrol", "squeue", "scancel"))
+    installs = re.search(r"apt-get install -y --no-install-recommends ([^&\\]+)", DOCKERFILES["gpu"].read_text())
+    assert installs and "slurm-client" in installs.group(1).split()

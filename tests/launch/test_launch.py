@@ -70,3 +70,47 @@ def test_local_executor_reports_a_refused_plan(tmp_path):
     assert proc.returncode == 1
     assert ("trixmed plan refused the job: trixmed plan: error: configs/demo_cpu.yaml: warmup.effective_batch_size: 4 is not "
             "a multiple of micro_batch_size × workers = 2 × 3; smallest that fits: distributed.num_workers=1") in proc.stderr
+
+
+def test_pyproject_installs_launch_with_the_package():
+    """setuptools' own reading of pyproject.toml: the packages a wheel or an install gets."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    packages = read_configuration(REPO / "pyproject.toml")["tool"]["setuptools"]["packages"]
+    assert "launch" in packages and "trixmed" in packages and not [p for p in packages if p.startswith("tests")]
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """launch/ alone in a site folder, as a wheel installs it: no slurm/ beside it."""
+    site = tmp_path / "site"
+    (site / "launch").mkdir(parents=True)
+    for f in (REPO / "launch").glob("*.py"):
+        (site / "launch" / f.name).write_text(f.read_text())
+    return site
+
+
+@pytest.mark.parametrize("where", ["cwd", "env"])
+def test_installed_launch_finds_the_templates_in_the_checkout(tmp_path, where):
+    site = installed_copy(tmp_path)
+    checkout = tmp_path / "checkout"
+    (checkout / "slurm").mkdir(parents=True)
+    for name in ("job.sh", "train.sbatch", "tune.sbatch"):
+        (checkout / "slurm" / name).write_text((REPO / "slurm" / name).read_text())
+    env = {k: v for k, v in os.environ.items() if k != "TRIXMED_CHECKOUT"} | {"PYTHONPATH": str(site)}
+    if where == "env":
+        env["TRIXMED_CHECKOUT"] = str(checkout)
+    proc = subprocess.run([sys.executable, "-c", "import launch; print(launch.__file__); print(launch.slurm_dir()); "
+                           "print(launch.sbatch_resources('tune')['job-name'])"],
+                          cwd=checkout if where == "cwd" else tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(site / "launch" / "__init__.py"), str(checkout / "slurm"), "trixmed-tune"]
+
+
+def test_installed_launch_without_a_checkout_says_so_in_one_line(tmp_path):
+    site = installed_copy(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "TRIXMED_CHECKOUT"} | {"PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-m", "launch", "run", "--executor", "local", "--config", "c.yaml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"python -m launch: error: no trixmed checkout (a folder with slurm/job.sh) in {tmp_path / 'site'}, "
+                           f"{tmp_path}: run from the checkout's root or set TRIXMED_CHECKOUT\n")

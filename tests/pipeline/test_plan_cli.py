@@ -140,3 +140,49 @@ def test_expert_parallel_groups_follow_deepspeeds_layout():
     assert g["experts_per_rank"] == 2
     with pytest.raises(TrixmedError, match="model.moe.ep_size: 4 does not divide the world size 6"):
         expert_parallel_groups(6, 8, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# `trixmed plan --tune`: a sweep's trials each train the config's own workers, several at once
+
+CODES = str(CONFIGS / "mimic3_codes.yaml")
+
+
+def test_plan_of_a_tune_job_checks_the_trials_not_one_worker_per_gpu(capsys, tmp_path):
+    """The shape a run refuses (4 GPUs for a batch of 64 in micro-batches of 32) holds a sweep
+    whose trials train 2 workers each."""
+    shape = ["--config", CODES, "--nodes", "2", "--gpus-per-node", "2", f"run_dir={tmp_path}"]
+    code, _, err = plan(capsys, *shape)
+    assert code == 2 and "64 is not a multiple of micro_batch_size × workers = 32 × 4" in err
+    code, out, _ = plan(capsys, *shape, "--tune", "tune.max_concurrent_trials=2", "--cpus-per-node", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == (f"{CODES} on 2 node(s) × 2 GPUs: world size 2, ZeRO stage 2, fp32; "
+                        "tune: 2 trial(s) at a time, each with this world size (4 workers in all)")
+    assert "  experts  10 epochs, batch 64 = 32 × 2 workers × 1 accumulation, lr 0.002 (20 warm-up steps), clip 0.3" in lines
+
+
+@pytest.mark.parametrize("args,error", [
+    (["--gpus-per-node", "2", "tune.max_concurrent_trials=4"],
+     "tune.max_concurrent_trials: 4 trials at a time × 2 workers (distributed.num_workers) = 8 workers of 1 GPU + 0.5 CPU "
+     "each; 2 node(s) × 2 GPUs hold 4; smallest shape that fits: --nodes 4 --gpus-per-node 2"),
+    (["--gpus-per-node", "4", "--cpus-per-node", "1", "tune.max_concurrent_trials=3"],
+     "tune.max_concurrent_trials: 3 trials at a time × 2 workers (distributed.num_workers) = 6 workers of 1 GPU + 0.5 CPU "
+     "each; 2 node(s) × 4 GPUs + 1 CPUs hold 4; smallest shape that fits: --nodes 3 --gpus-per-node 4"),
+    # the trial's batch is split over the trial's workers
+    (["--gpus-per-node", "8", "distributed.num_workers=3"],
+     "warmup.effective_batch_size: 64 is not a multiple of micro_batch_size × workers = 32 × 3; "
+     "smallest that fits: distributed.num_workers=1"),
+])
+def test_plan_refuses_a_tune_shape_its_trials_do_not_fit(capsys, tmp_path, args, error):
+    code, out, err = plan(capsys, "--config", CODES, "--nodes", "2", "--tune", *args, f"run_dir={tmp_path}")
+    assert code == 2 and out == ""
+    assert err == f"trixmed plan: error: {CODES}: {error}\n"
+
+
+def test_plan_refuses_cpu_workers_that_do_not_fit_the_nodes_cpus(capsys, tmp_path):
+    code, _, err = plan(capsys, "--config", str(CONFIGS / "demo_cpu.yaml"), "--nodes", "1", "--gpus-per-node", "0",
+                        "--cpus-per-node", "2", "distributed.cpus_per_worker=1.5", f"run_dir={tmp_path}")
+    assert code == 2
+    assert err == (f"trixmed plan: error: {CONFIGS / 'demo_cpu.yaml'}: distributed.num_workers: 2 workers of 1.5 CPU each; "
+                   "1 node(s) × 2 CPUs hold 1; smallest that fits: distributed.num_workers=1\n")

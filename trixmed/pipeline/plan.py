@@ -7,8 +7,11 @@ gathered in full). Activations are estimated from the architecture for one micro
 configured sequence length (`estimate_activations`).
 
 `check_shape` is `trixmed plan`'s verdict on N nodes × G GPUs: the run's world size and batch
-split, the expert-parallel groups, memory per GPU against the GPU's capacity; a shape that cannot
-divide or cannot fit is refused in one line that names the smallest shape that would work.
+split, the expert-parallel groups, memory per GPU against the GPU's capacity, and whether the
+workers fit the nodes' GPUs (and CPUs, when given); a shape that cannot divide or cannot fit is
+refused in one line that names the smallest shape that would work. A Tune sweep (`tune=True`) is
+checked as its trials run: each trial trains the config's own `distributed.num_workers`, and
+`tune.max_concurrent_trials` of them share the allocation.
 """
 
 from __future__ import annotations
@@ -139,33 +142,40 @@ def _size(gib: float) -> str:
 # `trixmed plan`: one cluster shape
 
 
-def shaped(cfg: Config, nodes: int, gpus_per_node: int) -> Config:
-    """`cfg` as it runs on `nodes` × `gpus_per_node` GPUs: one worker per GPU. With no GPUs the
-    config's own CPU workers are kept (spread over the nodes)."""
+def shaped(cfg: Config, nodes: int, gpus_per_node: int, tune: bool = False) -> Config:
+    """`cfg` as it runs on `nodes` × `gpus_per_node` GPUs: one worker per GPU (slurm/job.sh derives
+    `trixmed run`'s worker count so). A Tune trial keeps the config's worker count, on GPUs. With no
+    GPUs the config's own CPU workers are kept (spread over the nodes)."""
     if gpus_per_node <= 0:
         return cfg
-    d = dataclasses.replace(cfg.distributed, num_workers=nodes * gpus_per_node, use_gpu=True)
+    workers = cfg.distributed.num_workers if tune else nodes * gpus_per_node
+    d = dataclasses.replace(cfg.distributed, num_workers=workers, use_gpu=True)
     return dataclasses.replace(cfg, distributed=d, plan=dataclasses.replace(cfg.plan, gpus_per_node=gpus_per_node))
 
 
 def check_shape(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
-                config_name: str = "config") -> dict[str, Any]:
-    """The plan of `cfg` on this shape, or a one-line TrixmedError naming the first thing that
-    cannot divide or cannot fit and the smallest shape that would."""
+                config_name: str = "config", *, cpus_per_node: float | None = None, tune: bool = False) -> dict[str, Any]:
+    """The plan of `cfg` on this shape (of one Tune trial with `tune`), or a one-line TrixmedError
+    naming the first thing that cannot divide or cannot fit and the smallest shape that would.
+    `cpus_per_node` None: the nodes' CPUs are not checked."""
     if nodes < 1:
         raise TrixmedError("--nodes", f"must be >= 1, got {nodes}")
     if gpus_per_node < 0:
         raise TrixmedError("--gpus-per-node", f"must be >= 0, got {gpus_per_node}")
     if gpus_per_node and gpu_memory_gib <= 0:
         raise TrixmedError("--gpu-memory", f"must be > 0, got {gpu_memory_gib:g}")
+    if cpus_per_node is not None and cpus_per_node <= 0:
+        raise TrixmedError("--cpus-per-node", f"must be > 0, got {cpus_per_node:g}")
     counts = _counts_or_error(cfg)
-    problem = _shape_problem(cfg, nodes, gpus_per_node, gpu_memory_gib, counts)
+    problem = _shape_problem(cfg, nodes, gpus_per_node, gpu_memory_gib, counts, cpus_per_node, tune)
     if problem:
-        raise TrixmedError(config_name, f"{problem}; {_suggestion(cfg, nodes, gpus_per_node, gpu_memory_gib, counts)}")
-    run_cfg = shaped(cfg, nodes, gpus_per_node)
+        suggestion = _suggestion(cfg, nodes, gpus_per_node, gpu_memory_gib, counts, cpus_per_node, tune)
+        raise TrixmedError(config_name, f"{problem}; {suggestion}")
+    run_cfg = shaped(cfg, nodes, gpus_per_node, tune)
     plan = build_plan(run_cfg, counts)
     plan["shape"] = {"nodes": nodes, "gpus_per_node": gpus_per_node, "gpu_memory_gib": gpu_memory_gib,
-                     "usable_gib": gpu_memory_gib * USABLE_GPU_FRACTION}
+                     "usable_gib": gpu_memory_gib * USABLE_GPU_FRACTION,
+                     "trials": cfg.tune.max_concurrent_trials if tune else None}
     return plan
 
 
@@ -177,6 +187,9 @@ def format_shape(plan: dict[str, Any], config_name: str) -> str:
     else:
         head = (f"{config_name} on {s['nodes']} node(s), CPU only: world size {plan['world_size']} "
                 f"(distributed.num_workers), ZeRO stage {plan['zero_stage']}, {plan['precision']}")
+    if s["trials"]:
+        head += (f"; tune: {s['trials']} trial(s) at a time, each with this world size "
+                 f"({s['trials'] * plan['world_size']} workers in all)")
     lines = [head, format_plan(plan)]
     m = plan["memory"]
     if s["gpus_per_node"] and "error" not in m:
@@ -193,15 +206,18 @@ def _counts_or_error(cfg: Config) -> dict[str, Any] | None:
 
 
 def _shape_problem(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
-                   counts: dict[str, Any] | None) -> str | None:
+                   counts: dict[str, Any] | None, cpus_per_node: float | None, tune: bool) -> str | None:
     """The first reason `cfg` cannot run on this shape, as `key: problem`, or None."""
-    run_cfg = shaped(cfg, nodes, gpus_per_node)
+    run_cfg = shaped(cfg, nodes, gpus_per_node, tune)
     world = run_cfg.distributed.num_workers
     try:
         expert_parallel_groups(world, cfg.model.moe.num_experts, cfg.model.moe.ep_size)
         batch_split(run_cfg)
     except TrixmedError as exc:
         return str(exc)
+    crowded = _placement_problem(run_cfg, nodes, gpus_per_node, cpus_per_node, tune)
+    if crowded:
+        return crowded
     if gpus_per_node and counts is not None:
         m = estimate_memory(run_cfg, counts)
         usable = gpu_memory_gib * USABLE_GPU_FRACTION
@@ -211,25 +227,54 @@ def _shape_problem(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: 
     return None
 
 
-def _suggestion(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float, counts: dict[str, Any] | None) -> str:
+def _placement_problem(run_cfg: Config, nodes: int, gpus_per_node: int, cpus_per_node: float | None,
+                       tune: bool) -> str | None:
+    """Whether every training worker (of every concurrent trial, for a sweep) finds a node with a
+    GPU and `distributed.cpus_per_worker` CPUs free. A worker cannot span nodes, so the room is
+    counted per node; the trials' own processes (`tune.trial_cpus`, a hundredth of a CPU) are left out."""
+    d = run_cfg.distributed
+    per_node = []
+    if gpus_per_node:
+        per_node.append(gpus_per_node)
+    if cpus_per_node is not None:
+        per_node.append(math.floor(cpus_per_node / d.cpus_per_worker + 1e-9))   # 0.3 / 0.1 is 2.999… in floats
+    trials = run_cfg.tune.max_concurrent_trials if tune else 1
+    room = nodes * min(per_node) if per_node else None
+    if room is None or d.num_workers * trials <= room:
+        return None
+    if tune:
+        key = "tune.max_concurrent_trials"
+        who = f"{trials} trials at a time × {d.num_workers} workers (distributed.num_workers) = {trials * d.num_workers} workers"
+    else:
+        key, who = ("distributed.cpus_per_worker" if gpus_per_node else "distributed.num_workers"), f"{d.num_workers} workers"
+    each = f"1 GPU + {d.cpus_per_worker:g} CPU" if gpus_per_node else f"{d.cpus_per_worker:g} CPU"
+    node = " + ".join(([f"{gpus_per_node} GPUs"] if gpus_per_node else []) +
+                      ([f"{cpus_per_node:g} CPUs"] if cpus_per_node is not None else []))
+    return f"{key}: {who} of {each} each; {nodes} node(s) × {node} hold {room}"
+
+
+def _suggestion(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float, counts: dict[str, Any] | None,
+                cpus_per_node: float | None, tune: bool) -> str:
     """The shape with the fewest GPUs (then nodes) that divides and fits: nodes filled up to
-    `gpus_per_node`; a CPU job gets a worker count."""
-    if gpus_per_node <= 0:
-        for workers in range(1, 257):
-            trial = dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, num_workers=workers))
-            if _shape_problem(trial, nodes, 0, gpu_memory_gib, counts) is None:
-                return f"smallest that fits: distributed.num_workers={workers}"
-        return "no worker count up to 256 fits"
-    for total in range(1, MAX_SUGGESTED_NODES * gpus_per_node + 1):
-        if total <= gpus_per_node:
-            n, g = 1, total
-        elif total % gpus_per_node == 0:
-            n, g = total // gpus_per_node, gpus_per_node
-        else:
-            continue
-        if _shape_problem(cfg, n, g, gpu_memory_gib, counts) is None:
-            return f"smallest shape that fits: --nodes {n} --gpus-per-node {g}"
-    return f"no shape up to {MAX_SUGGESTED_NODES} nodes × {gpus_per_node} GPUs fits"
+    `gpus_per_node`. A CPU job gets a worker count, and so does a sweep no shape helps (its trials'
+    worker count is the config's, whatever the shape)."""
+    if gpus_per_node > 0:
+        for total in range(1, MAX_SUGGESTED_NODES * gpus_per_node + 1):
+            if total <= gpus_per_node:
+                n, g = 1, total
+            elif total % gpus_per_node == 0:
+                n, g = total // gpus_per_node, gpus_per_node
+            else:
+                continue
+            if _shape_problem(cfg, n, g, gpu_memory_gib, counts, cpus_per_node, tune) is None:
+                return f"smallest shape that fits: --nodes {n} --gpus-per-node {g}"
+        if not tune:
+            return f"no shape up to {MAX_SUGGESTED_NODES} nodes × {gpus_per_node} GPUs fits"
+    for workers in range(1, 257):
+        trial = dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, num_workers=workers))
+        if _shape_problem(trial, nodes, gpus_per_node, gpu_memory_gib, counts, cpus_per_node, tune) is None:
+            return f"smallest that fits: distributed.num_workers={workers}"
+    return "no worker count up to 256 fits"
 
 
 # --------------------------------------------------------------------------------------------
