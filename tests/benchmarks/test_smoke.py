@@ -69,3 +69,23 @@ def test_pipeline_smoke(tmp_path: Path) -> None:
     assert report["peak_rss_gib"] > 0
     assert 0 <= report["test_metrics"]["jaccard"]["mean"] <= 1
     assert [e["epoch"] for e in report["histories"]["experts"]] == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_llm_features_smoke(tmp_path: Path) -> None:
+    """benchmarks/llm.py's CPU figures on the demo: the real SmolLM2's frozen features and the codes
+    warm-up's, on the same visits, stratified and scored alike."""
+    out = tmp_path / "llm.json"
+    report = run_smoke("llm.py", out, timeout=540)
+    assert report["visits"] == 24 and report["mode"] == "cpu-features"
+    e = report["extraction"]
+    assert e["tokens_per_s"] > 0 and e["visits_per_s"] > 0 and 0 < e["mean_prompt_tokens"] <= 96
+    llm, codes = report["coherence"]
+    assert llm["features"].startswith("SmolLM2") and llm["dim"] == 576   # SmolLM2's hidden size
+    assert codes["features"].startswith("codes") and codes["dim"] == 128  # configs/mimic3_codes.yaml's d_model
+    for row in (llm, codes):
+        assert sum(row["sizes"]) == 24 and len(row["sizes"]) == row["num_clusters"] == 2
+        assert row["ratio"] > 0 and row["shuffled_ratio"] > 0 and "cluster 0:" in row["profiles"]
+    table = out.with_suffix(".md").read_text()
+    assert "## Cluster coherence" in table and table.count("| SmolLM2") == 1
