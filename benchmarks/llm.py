@@ -90,9 +90,11 @@ def llm_features(cfg, vocab, samples, batch_size: int) -> tuple[Any, dict[str, f
     # similar lengths batched together: less padding, the cost a sorted extraction pays
     order = sorted(range(len(samples)), key=lambda i: sum(len(v.diag) + len(v.proc) + len(v.med) for v in samples[i].visits))
     pooled = np.zeros((len(samples), model.backbone.hidden_size), dtype=np.float32)
+    from tqdm.auto import tqdm
+
     tokens, t0 = 0, time.perf_counter()
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc="SmolLM2 features", unit="batch", mininterval=5):
             idx = order[start:start + batch_size]
             batch = collate([samples[i] for i in idx])
             tokens += int(batch["prompt_mask"].sum())

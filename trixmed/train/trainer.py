@@ -143,8 +143,8 @@ class Trainer:
             self.writer = SummaryWriter(str(self.rd.tensorboard(self.phase)))
         total = self.steps_per_epoch * self.pcfg.epochs
         self.progress.event("phase", phase=self.phase, total_steps=total, position=self.state["global_step"])
-        self.pace = Pace(self.phase, total - self.state["global_step"], self.world, str(self.strategy.device.type),
-                         self.progress if self.cfg.model.backbone == "hf" else None)
+        self.pace = Pace(self.phase, (total - self.state["global_step"]) * self.accum, self.world,
+                         str(self.strategy.device.type), self.progress if self.cfg.model.backbone == "hf" else None)
 
     def _resume(self) -> None:
         checkpoint = self.session.checkpoint()
@@ -223,11 +223,12 @@ class Trainer:
                 engine.backward(loss)
                 engine.step()
                 loss_sum += float(loss.detach())
-                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+                n = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+                tokens += n
+                self.pace.micro_batch(n)
             local_losses.append(loss_sum / self.accum)
             local_tokens += tokens
             self.state["global_step"] += 1
-            self.pace.step(tokens)
             self.progress.step(self.state["global_step"], epoch=epoch + 1, loss=f"{local_losses[-1]:.4f}")
         # one collective per epoch, not per step: a step's loss = mean over every micro-batch of
         # every rank = the loss of the global batch; the token count rides along
@@ -350,29 +351,29 @@ class Trainer:
 
 
 class Pace:
-    """The phase's measured pace, said once on the console after its first steps: a language model
-    on a CPU can need hours, and the user should know before waiting for them (no run is silently
-    shortened). Rank 0's tokens/s × world is the phase's rate; the first step (allocation, caches)
-    is not timed."""
+    """The phase's measured pace, said once on the console after its first micro-batches: a language
+    model on a CPU can need hours, and the user should know before waiting for them (no run is
+    silently shortened). Rank 0's tokens/s × world is the phase's rate; the first micro-batch
+    (allocation, caches) is not timed."""
 
-    MEASURED_STEPS = 3
+    MEASURED = 3   # micro-batches timed
 
-    def __init__(self, phase: str, remaining_steps: int, world: int, device: str, progress: ProgressReporter | None):
-        self.phase, self.remaining, self.world, self.device, self.progress = phase, remaining_steps, world, device, progress
-        self.steps, self.tokens, self.t0 = 0, 0, 0.0
+    def __init__(self, phase: str, remaining_micro_batches: int, world: int, device: str, progress: ProgressReporter | None):
+        self.phase, self.remaining, self.world, self.device, self.progress = phase, remaining_micro_batches, world, device, progress
+        self.seen, self.tokens, self.t0 = 0, 0, 0.0
 
-    def step(self, tokens: int) -> None:
+    def micro_batch(self, tokens: int) -> None:
         if self.progress is None:
             return
-        self.steps += 1
-        if self.steps == 1:
+        self.seen += 1
+        if self.seen == 1:
             self.t0 = time.perf_counter()
             return
         self.tokens += tokens
-        if self.steps == 1 + self.MEASURED_STEPS:
-            per_step = (time.perf_counter() - self.t0) / self.MEASURED_STEPS
-            left = per_step * (self.remaining - self.steps)
-            rate = self.tokens / (per_step * self.MEASURED_STEPS)
+        if self.seen == 1 + self.MEASURED:
+            per_micro = (time.perf_counter() - self.t0) / self.MEASURED
+            left = per_micro * (self.remaining - self.seen)
+            rate = self.tokens / (per_micro * self.MEASURED)
             note = "  (a GPU cluster is the place for this run: docs/model.md)" if self.device == "cpu" and left > 3600 else ""
             self.progress.event("message", text=f"[{self.phase}] measured {rate:,.0f} tokens/s per worker on {self.world} "
                                                 f"{self.device} worker(s): about {format_duration(left)} of training left{note}")
