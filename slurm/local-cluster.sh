@@ -172,7 +172,8 @@ do_start() {
   if [ "$idle" -lt "$NODES" ]; then
     log "nodes not idle after 30 s:"; timeout 3 sinfo -N -l >&2 || true; tail -n 5 "$DIR"/log/slurmd-*.log >&2; exit 1
   fi
-  log "cluster up: $NODES node(s) × $CPUS CPUs${GPUS:+ and $GPUS fake GPUs} in $((SECONDS - t0)) s; export SLURM_CONF=$CONF"
+  local fake=""; [ "$GPUS" -gt 0 ] && fake=" and $GPUS fake GPUs"
+  log "cluster up: $NODES node(s) × $CPUS CPUs$fake in $((SECONDS - t0)) s; export SLURM_CONF=$CONF"
 }
 
 do_stop() {
