@@ -281,8 +281,10 @@ def test_readme_flagship_command_on_fake_gpus_plans_and_trains_one_worker_per_gp
     """`sbatch --nodes=2 --gpus-per-node=8 slurm/train.sbatch --config …`, scaled to 2 × 2 fake GPUs,
     with the dashboard: one worker per GPU (derived by the plan), each Ray node given its step's GPUs."""
     run_dir = tmp_path / "run"
-    # the tiny model without its worker count (the shape's): 4 workers split a batch of 8 in 2s
-    tiny = [o for o in JOB_ARGS if not o.startswith(("distributed.num_workers=", "distributed.cpus_per_worker="))]
+    # the tiny model without its worker count (the shape's): 4 workers split a batch of 8 in 2s; a
+    # whole CPU each fills both nodes' 2 CPUs, so Ray places two on each as GPUs would (CPU-only
+    # workers of half a CPU would all be packed on one node)
+    tiny = [o for o in JOB_ARGS if not o.startswith("distributed.num_workers=")]
     job_id = slurm.sbatch(["--nodes=2", f"--gpus-per-node={GPUS}", "--cpus-per-task=2", "--time=20",
                            f"--output={job_logs}/%x-%j.out", "slurm/train.sbatch", "--dashboard", *tiny, f"run_dir={run_dir}",
                            "warmup.micro_batch_size=2", "experts.micro_batch_size=2", "experts.epochs=2"],
@@ -294,7 +296,7 @@ def test_readme_flagship_command_on_fake_gpus_plans_and_trains_one_worker_per_gp
     assert re.search(rf"allocation \(SLURM job {job_id}\): 2 node\(s\), 2 CPUs, 2 fake GPUs \(TRIXMED_FAKE_GPUS=1: planned as "
                      r"80 GiB GPUs, trained on CPU\), [\d.]+ GiB memory per node", text)
     assert "configs/demo_cpu.yaml on 2 node(s) × 2 GPUs: world size 4, ZeRO stage 2, fp32" in text
-    assert "  training 2 × (1 GPU + 0.5 CPU) = 2 GPU + 1 CPU of 2 CPUs" in text
+    assert "  training 2 × (1 GPU + 1 CPU) = 2 GPU + 2 CPU of 2 CPUs" in text
     assert "derived overrides: distributed.use_gpu=false plan.gpus_per_node=2 distributed.num_workers=4" in text
     # every Ray node was started with its own step's GPUs (CUDA_VISIBLE_DEVICES of the srun step)
     assert [json.loads((logs / f"ray-node-node{i}.json").read_text())["gpus"] for i in (1, 2)] == [GPUS, GPUS]
