@@ -278,3 +278,18 @@ def test_plan_slurm_outside_a_job_and_a_bad_job_line_are_one_line(capsys, monkey
     code, _, err = plan(capsys, "--job", "evaluate", "--config", str(CONFIGS / "demo_cpu.yaml"))
     assert code == 2 and err == ("trixmed plan: error: --job: must be followed by run or tune and its arguments, "
                                  f"got evaluate --config {CONFIGS / 'demo_cpu.yaml'}\n")
+
+
+def test_plan_in_a_job_reads_each_gpus_memory_from_nvidia_smi(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(CONFIGS.parent)
+    slurm_env(monkeypatch, SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE="32",
+              CUDA_VISIBLE_DEVICES="0,1", SLURM_MEM_PER_NODE="262144")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 81559\necho 81920\n")   # memory.total in MiB, one line per GPU
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    code, out, _ = plan(capsys, "--slurm", "--job", "run", "--config", LLAMA, "extract.actors=2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "allocation (SLURM job 9): 1 node(s), 32 CPUs, 2 GPUs of 79.6 GiB (nvidia-smi), 256.0 GiB memory per node"
+    assert any(line.startswith("fits: ") and " per GPU of 79.65 GiB (90% usable = 71.7 GiB)" in line for line in lines)

@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from trixmed.commands.common import add_run_dir, load_run_config
+from trixmed.pipeline.allocation import Allocation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     # the plan is arithmetic on a meta-device model: no accelerator is touched, so spare the log
     # line DeepSpeed prints while it looks for one (job.sh runs this on a node before Ray starts)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from trixmed.pipeline.allocation import Allocation, derive_overrides, from_slurm, user_keys
+    from trixmed.pipeline.allocation import derive_overrides, from_slurm, user_keys
     from trixmed.pipeline.plan import check_shape, format_shape
 
     job = _job_args(args.job) if args.job else args
@@ -99,7 +100,7 @@ def _job_args(argv: list[str]) -> argparse.Namespace:
     return parse_args(build_parser(), argv)
 
 
-def _allocation_line(alloc, gpus: int, gpu_memory: float) -> str:
+def _allocation_line(alloc: Allocation, gpus: int, gpu_memory: float) -> str:
     parts = [f"{alloc.nodes} node(s)"]
     parts.append(f"{alloc.cpus_per_node:g} CPUs" if alloc.cpus_per_node is not None else "CPUs unknown")
     if alloc.fake_gpus:

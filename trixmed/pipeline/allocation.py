@@ -24,7 +24,7 @@ GIB = 1024**3
 class Allocation:
     nodes: int
     cpus_per_node: float | None      # None: not known (not checked)
-    gpus_per_node: int
+    gpus_per_node: int               # -1: not known (the config's plan.gpus_per_node is planned)
     gpu_memory_gib: float | None     # None: nvidia-smi did not answer (the plan assumes --gpu-memory)
     mem_per_node_gib: float | None   # None: not known (host memory not checked)
     fake_gpus: bool = False

@@ -204,7 +204,7 @@ def format_shape(plan: dict[str, Any], config_name: str) -> str:
     lines = [head, format_plan(plan)]
     m = plan["memory"]
     if s["gpus_per_node"] and "error" not in m:
-        lines.append(f"fits: {_size(m['total_gib'])} per GPU of {s['gpu_memory_gib']:g} GiB "
+        lines.append(f"fits: {_size(m['total_gib'])} per GPU of {s['gpu_memory_gib']:.4g} GiB "
                      f"({USABLE_GPU_FRACTION:.0%} usable = {s['usable_gib']:.1f} GiB)")
     lines.append("per node, phase by phase (Ray resources):")
     for need in plan["needs"]["phases"]:
