@@ -20,7 +20,6 @@ plan, then trixmed with a local Ray, as `trixmed run` would.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -94,19 +93,15 @@ class TrixmedJob:
             log_dir = Path(env.get("TRIXMED_LOG_ROOT") or Path(env.get("SLURM_SUBMIT_DIR", os.getcwd())) / "logs") \
                 / f"{env.get('SLURM_JOB_NAME', 'trixmed')}-{env['SLURM_JOB_ID']}"
         else:
-            tune = ["--tune"] if self.command == "tune" else []
-            plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", "--nodes", "1", "--gpus-per-node", "0", *tune,
-                                   *_plan_args(self.args)], env=env, cwd=checkout(), capture_output=True, text=True)
-            print(plan.stdout + plan.stderr, flush=True)
-            if plan.returncode:
-                raise RuntimeError(f"trixmed plan refused the job: {plan.stderr.strip()}")
-            cmd = [sys.executable, "-m", "trixmed.cli", self.command, *self.args]
+            cmd = [sys.executable, "-m", "trixmed.cli", self.command, *self.args,
+                   *plan_job(self.command, self.args, ["--nodes", "1", "--gpus-per-node", "0",
+                                                       "--cpus-per-node", str(os.cpu_count())], env)]
             log_dir = None
         self._proc = subprocess.Popen(cmd, env=env, cwd=checkout())
         rc = self._proc.wait()
         self._proc = None
         result = {"command": self.command, "returncode": rc, "log_dir": str(log_dir) if log_dir else None,
-                  "run_dir": _run_dir(self.args)}
+                  "run_dir": _run_dir(self.command, self.args)}
         if rc != 0:
             tail = ""
             if log_dir and (log_dir / "job.log").is_file():
@@ -128,31 +123,30 @@ class TrixmedJob:
         return submitit.helpers.DelayedSubmission(TrixmedJob(self.command, self.args, self.env))
 
 
-def _split(args: list[str]) -> tuple[str | None, str | None, list[str]]:
-    """(--config, --run-dir, key=value overrides) of a run/tune command line; the rest (tune's
-    SPACE, --force …) is left out."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--config")
-    parser.add_argument("--run-dir")
-    known, rest = parser.parse_known_args(args)
-    return known.config, known.run_dir, [a for a in rest if "=" in a and not a.startswith("-")]
+def plan_job(command: str, args: list[str], shape: list[str], env: dict[str, str]) -> list[str]:
+    """`trixmed plan SHAPE --job COMMAND ARGS`: print the plan, raise its refusal, and return the
+    overrides it derives (trixmed parses its own command line; launch/ only passes it on)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="trixmed-plan-") as tmp:
+        job_file = Path(tmp) / "plan.job"
+        plan = subprocess.run([sys.executable, "-m", "trixmed.cli", "plan", *shape, "--job-file", str(job_file),
+                               "--job", command, *args], env=env, cwd=checkout(), capture_output=True, text=True)
+        print(plan.stdout + plan.stderr, flush=True)
+        if plan.returncode:
+            raise RuntimeError(f"trixmed plan refused the job: {plan.stderr.strip()}")
+        return [line.split(" ", 1)[1] for line in job_file.read_text().splitlines() if line.startswith("override ")]
 
 
-def _plan_args(args: list[str]) -> list[str]:
-    """The part of a run/tune command line that `trixmed plan` takes."""
-    config, run_dir, overrides = _split(args)
-    return [*(["--config", config] if config else []), *(["--run-dir", run_dir] if run_dir else []), *overrides]
-
-
-def _run_dir(args: list[str]) -> str | None:
+def _run_dir(command: str, args: list[str]) -> str | None:
     """The run directory the command uses (config + overrides + --run-dir), for the job's result."""
-    from trixmed.config import load_config
+    from trixmed.cli import build_parser, parse_args
+    from trixmed.commands.common import load_run_config
     from trixmed.errors import TrixmedError
 
-    config, run_dir, overrides = _split(args)
     try:
-        return str(Path(run_dir or load_config(config, overrides).run_dir).resolve())
-    except TrixmedError:   # the job itself reports a bad config in one line; the result just lacks the path
+        return str(Path(load_run_config(parse_args(build_parser(), [command, *args])).run_dir).resolve())
+    except (TrixmedError, SystemExit):   # the job itself reports a bad command line in one line
         return None
 
 
@@ -192,6 +186,8 @@ def submit(command: str, args: list[str], *, executor: str = "slurm", folder: st
             slurm_signal_delay_s=delay,
             slurm_additional_parameters=extra,
         )
+        if "mem" in res and "mem" not in extra:
+            params["mem"] = res["mem"]
         gpus = gpus_per_node if gpus_per_node is not None else int(res.get("gpus-per-node", 0) or 0)
         if gpus:
             params["gpus_per_node"] = gpus

@@ -2,8 +2,10 @@
 
     python -m launch run --config configs/llama3_8b_moelora.yaml --nodes 2 --gpus-per-node 8
     python -m launch tune tune_spaces/demo_2x2.yaml --config configs/demo_cpu.yaml --executor local --wait
+    python -m launch run --dashboard --config configs/demo_cpu.yaml     (Ray's dashboard: see the job's dashboard.txt)
 
-Launcher options are listed below; every other argument goes to `trixmed run|tune` unchanged.
+Launcher options are listed below; every other argument goes to `trixmed run|tune` unchanged
+(the job's `trixmed plan --job` reads it, `--dashboard` included).
 Resources not given come from slurm/train.sbatch or slurm/tune.sbatch (the same job either way).
 """
 

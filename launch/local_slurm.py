@@ -1,6 +1,6 @@
 """The single-host SLURM of slurm/local-cluster.sh, driven from Python (tests, benchmarks/slurm.py).
 
-    with LocalSlurm.start(tmp_dir, nodes=2) as slurm:       # raises SlurmUnavailable with the reason
+    with LocalSlurm.start(tmp_dir, nodes=2, gpus=2) as slurm:   # raises SlurmUnavailable with the reason
         job = slurm.sbatch(["slurm/train.sbatch", "--config", "configs/demo_cpu.yaml"])
         state = slurm.wait(job, timeout=300)                  # "COMPLETED"
 
@@ -57,11 +57,12 @@ def _free_port_block(size: int, start: int = 16800, stop: int = 17800) -> int:
 
 
 class LocalSlurm:
-    def __init__(self, state_dir: Path, nodes: int, port: int, cpus: int | None):
+    def __init__(self, state_dir: Path, nodes: int, port: int, cpus: int | None, gpus: int = 0):
         self.state_dir = Path(state_dir)
         self.nodes = nodes
         self.port = port
         self.cpus = cpus
+        self.gpus = gpus
 
     @property
     def env(self) -> dict[str, str]:
@@ -75,7 +76,7 @@ class LocalSlurm:
 
     def _script(self, action: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "SLURM_LOCAL_DIR": str(self.state_dir), "SLURM_LOCAL_NODES": str(self.nodes),
-               "SLURM_LOCAL_PORT": str(self.port)}
+               "SLURM_LOCAL_PORT": str(self.port), "SLURM_LOCAL_GPUS": str(self.gpus)}
         if self.cpus:
             env["SLURM_LOCAL_CPUS"] = str(self.cpus)
         return subprocess.run(["bash", str(slurm_dir() / "local-cluster.sh"), action], env=env, capture_output=True, text=True,
@@ -83,11 +84,11 @@ class LocalSlurm:
 
     @classmethod
     @contextmanager
-    def start(cls, state_dir: Path, nodes: int = 2, cpus: int | None = None) -> Iterator["LocalSlurm"]:
+    def start(cls, state_dir: Path, nodes: int = 2, cpus: int | None = None, gpus: int = 0) -> Iterator["LocalSlurm"]:
         reason = unavailable_reason()
         if reason:
             raise SlurmUnavailable(reason)
-        slurm = cls(state_dir, nodes, _free_port_block(nodes + 1), cpus)
+        slurm = cls(state_dir, nodes, _free_port_block(nodes + 1), cpus, gpus)
         proc = slurm._script("start")
         if proc.returncode:
             raise RuntimeError(f"slurm/local-cluster.sh start failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

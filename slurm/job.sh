@@ -118,39 +118,25 @@ trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
 trap 'on_signal INT' INT
 
-# --- resources from the allocation ----------------------------------------------------------------
-# Ray gets each node's allocated CPUs/GPUs (ray-node.sh). With GPUs, training uses them all: one
-# worker per GPU. An override the user gave on the command line wins over a derived one.
-derived=()
-if [ "$gpn" -gt 0 ]; then
-  derived+=(distributed.use_gpu=true plan.gpus_per_node="$gpn")
-  [ "$command" = run ] && derived+=(distributed.num_workers=$(( ${#nodes[@]} * gpn )))
-fi
-user_sets() { local a; for a in "${user_args[@]}"; do [[ $a == "$1="* ]] && return 0; done; return 1; }
-user_args=("$@")
-extra=()
-for kv in "${derived[@]}"; do user_sets "${kv%%=*}" || extra+=("$kv"); done
-
-# --- 1. the plan: refuse early, before any Ray process exists -------------------------------------
-plan_args=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --config|--run-dir) plan_args+=("$1" "${2:-}"); shift 2 ;;
-    --config=*|--run-dir=*) plan_args+=("$1"); shift ;;
-    -*) shift ;;                               # run/tune-only flags (--force, --dashboard …)
-    *=*) plan_args+=("$1"); shift ;;           # key=value overrides
-    *) shift ;;                                # tune's search-space file
-  esac
-done
-set -- "${user_args[@]}"
-# a sweep is planned as its trials run (the config's workers per trial, tune.max_concurrent_trials at once)
-[ "$command" = tune ] && plan_args+=(--tune)
-[ -n "${SLURM_CPUS_ON_NODE:-}" ] && plan_args+=(--cpus-per-node "$SLURM_CPUS_ON_NODE")
-if ! "$TRIXMED" plan --nodes "${#nodes[@]}" --gpus-per-node "$gpn" "${plan_args[@]}" "${extra[@]}"; then
+# --- 1. the plan: refuse early, before any Ray process exists ------------------------------------
+# `trixmed plan --slurm` reads the allocation itself (nodes, CPUs, memory, GPUs and their memory)
+# and parses this job's own trixmed command line with trixmed's parser; it writes what the job
+# needs from it to the job file: the overrides it derives from the allocation (with GPUs, one
+# training worker per GPU; an override given on the command line wins) and whether the command
+# asked for the dashboard. Nothing here parses trixmed's arguments.
+job_file=$TRIXMED_LOG_DIR/plan.job
+if ! "$TRIXMED" plan --slurm --job-file "$job_file" --job "$command" "$@"; then
   tlog "trixmed plan refused this job's shape: not starting Ray"
   mark job_end
   exit 2
 fi
+extra=()
+while read -r kind value; do
+  case $kind in
+    override) extra+=("$value") ;;
+    dashboard) export TRIXMED_RAY_DASHBOARD=true ;;
+  esac
+done < "$job_file"
 mark plan_done
 
 # --- 2. the Ray cluster -----------------------------------------------------------------------------
@@ -172,6 +158,10 @@ if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
   RAY_AUTH_TOKEN=$("$TRIXMED_PYTHON" -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN
 fi
 tlog "Ray head $RAY_ADDRESS on $head_node (client port $TRIXMED_RAY_CLIENT_PORT, dashboard port $TRIXMED_RAY_DASHBOARD_PORT)"
+if [ "${TRIXMED_RAY_DASHBOARD:-false}" = true ]; then
+  # the dashboard's Train view is empty unless the Ray processes track Train state (STACK.md)
+  export RAY_TRAIN_ENABLE_STATE_TRACKING=1
+fi
 
 # the Ray steps ask for the node's GPUs explicitly (a step's default share of the job's GRES has
 # changed between SLURM releases); --overlap lets them share CPUs, memory and GPUs with the batch step
@@ -200,6 +190,7 @@ if ! "$TRIXMED_PYTHON" "$here/ray_cluster.py" wait --nodes "${#nodes[@]}" --time
 fi
 mark ray_up
 tlog "Ray cluster up in $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t_cluster}") s"
+[ "${TRIXMED_RAY_DASHBOARD:-false}" = true ] && dashboard_info "$head_node" "$head_ip" "$TRIXMED_RAY_DASHBOARD_PORT"
 
 # --- 3. trixmed ----------------------------------------------------------------------------------
 mark trixmed_start

@@ -69,3 +69,23 @@ gpu_count() {
     echo 0
   fi
 }
+
+# dashboard_info NODE IP PORT: how to reach the job's Ray dashboard, in the job's log directory
+# (dashboard.txt, and the token in dashboard-token, readable by the job's owner only) and in job.log.
+# The head's port is reachable from the cluster's network only: the ssh line forwards it through
+# the host the job was submitted from.
+dashboard_info() {
+  local node=$1 ip=$2 port=$3 token_line="none (RAY_AUTH_MODE=${RAY_AUTH_MODE:-})"
+  if [ -n "${RAY_AUTH_TOKEN:-}" ]; then
+    (umask 077; printf '%s\n' "$RAY_AUTH_TOKEN" > "$TRIXMED_LOG_DIR/dashboard-token")
+    chmod 600 "$TRIXMED_LOG_DIR/dashboard-token"
+    token_line="$TRIXMED_LOG_DIR/dashboard-token (mode 0600): paste it when the dashboard asks for a token"
+  fi
+  {
+    echo "url: http://$ip:$port"
+    echo "head node: $node ($ip)"
+    echo "from your machine: ssh -N -L 8265:$ip:$port ${USER:-$(id -un)}@${SLURM_SUBMIT_HOST:-<login node>}   then open http://localhost:8265"
+    echo "token: $token_line"
+  } > "$TRIXMED_LOG_DIR/dashboard.txt"
+  while IFS= read -r line; do tlog "Ray dashboard $line"; done < "$TRIXMED_LOG_DIR/dashboard.txt"
+}

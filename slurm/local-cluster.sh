@@ -13,6 +13,13 @@
 #   SLURM_LOCAL_NODES  emulated nodes                         (default 2)
 #   SLURM_LOCAL_CPUS   CPUs advertised per node               (default nproc)
 #   SLURM_LOCAL_PORT   slurmctld port; node i's slurmd listens on PORT+i  (default 6817)
+#   SLURM_LOCAL_GPUS   fake GPUs per node (GRES gpu)          (default 0)
+#
+# Fake GPUs: each node advertises SLURM_LOCAL_GPUS GRES gpus backed by device files of its own
+# (character devices made with mknod, the numbers of /dev/null) and autodetection off, so
+# `--gpus-per-node`, each step's CUDA_VISIBLE_DEVICES and trixmed's GPU plan run on a machine
+# without GPUs. Nothing can compute on them: a job that trains on them sets TRIXMED_FAKE_GPUS=1
+# (trixmed plan then plans the GPU shape but trains on CPU).
 #
 # Node i gets its own loopback address, 127.0.0.(10+i), as its NodeAddr: every address in 127/8
 # reaches this host, and a distinct address per node lets the sbatch templates give each node's Ray
@@ -26,6 +33,7 @@ DIR=${SLURM_LOCAL_DIR:-/tmp/trixmed-slurm}
 NODES=${SLURM_LOCAL_NODES:-2}
 CPUS=${SLURM_LOCAL_CPUS:-$(nproc)}
 PORT=${SLURM_LOCAL_PORT:-6817}
+GPUS=${SLURM_LOCAL_GPUS:-0}
 CONF=$DIR/slurm.conf
 HOST=$(hostname -s)
 export SLURM_CONF=$CONF
@@ -61,16 +69,19 @@ do_install() {
       && command -v munged >/dev/null; then
     return 0
   fi
+  # a failed install is not fatal unless SLURM is expected (TRIXMED_REQUIRE_SLURM=1, CI): the
+  # tests marked 'slurm' then skip and say why
+  local required=0; [ "${TRIXMED_REQUIRE_SLURM:-0}" != 0 ] && required=1
   if ! command -v apt-get >/dev/null || { [ "$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; }; then
     log "SLURM is not installed and cannot be installed here (needs apt-get as root or passwordless sudo):"
     log "the tests marked 'slurm' will be skipped; install with: sudo apt-get install slurmctld slurmd slurm-client munge"
-    return 0
+    return "$required"
   fi
   log "installing SLURM (slurmctld slurmd slurm-client munge) for the tests marked 'slurm'"
-  # a failed install is not fatal: the tests marked 'slurm' then skip and say why
   if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
            --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; }; then
     log "apt-get could not install SLURM: the tests marked 'slurm' will be skipped"
+    return "$required"
   fi
 }
 
@@ -118,8 +129,20 @@ FirstJobId=$(( ($(date +%s) % 60000) * 1000 + 1 ))
 SlurmctldTimeout=30
 SlurmdTimeout=30
 EOF
+  local gres=""
+  if [ "$GPUS" -gt 0 ]; then
+    gres=" Gres=gpu:$GPUS"
+    echo "GresTypes=gpu" >> "$CONF"
+    # slurmd reads gres.conf beside slurm.conf; AutoDetect=off: no NVML here, the files are the GPUs
+    echo "AutoDetect=off" > "$DIR/gres.conf"
+    mkdir -p "$DIR/dev"
+  fi
   for i in $(seq 1 "$NODES"); do
-    echo "NodeName=node$i NodeHostname=$HOST NodeAddr=127.0.0.$((10 + i)) Port=$((PORT + i)) CPUs=$CPUS RealMemory=$node_mem State=UNKNOWN" >> "$CONF"
+    echo "NodeName=node$i NodeHostname=$HOST NodeAddr=127.0.0.$((10 + i)) Port=$((PORT + i)) CPUs=$CPUS RealMemory=$node_mem$gres State=UNKNOWN" >> "$CONF"
+    if [ "$GPUS" -gt 0 ]; then
+      for g in $(seq 0 $((GPUS - 1))); do mknod -m 666 "$DIR/dev/node$i-gpu$g" c 1 3; done
+      echo "NodeName=node$i Name=gpu File=$DIR/dev/node$i-gpu[0-$((GPUS - 1))]" >> "$DIR/gres.conf"
+    fi
   done
   echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >> "$CONF"
 }
@@ -152,7 +175,8 @@ do_start() {
   if [ "$idle" -lt "$NODES" ]; then
     log "nodes not idle after 30 s:"; timeout 3 sinfo -N -l >&2 || true; tail -n 5 "$DIR"/log/slurmd-*.log >&2; exit 1
   fi
-  log "cluster up: $NODES node(s) × $CPUS CPUs in $((SECONDS - t0)) s; export SLURM_CONF=$CONF"
+  local fake=""; [ "$GPUS" -gt 0 ] && fake=" and $GPUS fake GPUs"
+  log "cluster up: $NODES node(s) × $CPUS CPUs$fake in $((SECONDS - t0)) s; export SLURM_CONF=$CONF"
 }
 
 do_stop() {

@@ -40,7 +40,7 @@ args=(--node-ip-address="$ip" --num-cpus="$cpus" --num-gpus="$gpus" --temp-dir="
       --dashboard-agent-listen-port="$agent_port" --disable-usage-stats --block)
 if [ -n "${TRIXMED_RAY_OBJECT_STORE_MB:-}" ]; then
   args+=(--object-store-memory=$((TRIXMED_RAY_OBJECT_STORE_MB * 1024 * 1024)))
-elif [ -n "${SLURM_MEM_PER_NODE:-}" ]; then
+elif [ "${SLURM_MEM_PER_NODE:-0}" -gt 0 ]; then   # --mem=0 (the node's all): Ray sizes it from the node
   # Ray sizes its object store from the machine's memory, not the job's share: cap it at 30 %
   # of the allocation so the job stays inside its memory limit
   args+=(--object-store-memory=$((SLURM_MEM_PER_NODE * 1024 * 1024 * 3 / 10)))

@@ -192,3 +192,15 @@ def save_tiny_llama(
                          max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=1)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+def slurm_unavailable(reason: str) -> None:
+    """A SLURM test that cannot run here skips, except where SLURM is expected (CI: .ci/run sets
+    TRIXMED_REQUIRE_SLURM=1): there it fails, since a skip would pass CI having checked nothing."""
+    import os
+
+    import pytest
+
+    if os.environ.get("TRIXMED_REQUIRE_SLURM", "0") not in ("", "0"):
+        pytest.fail(f"SLURM is expected here (TRIXMED_REQUIRE_SLURM=1) but cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)

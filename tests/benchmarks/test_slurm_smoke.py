@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from launch.local_slurm import unavailable_reason  # noqa: E402
+from trixmed.testing import slurm_unavailable  # noqa: E402
 
 
 @pytest.mark.slurm
@@ -20,7 +21,7 @@ from launch.local_slurm import unavailable_reason  # noqa: E402
 def test_slurm_benchmark_smoke(tmp_path: Path) -> None:
     reason = unavailable_reason()
     if reason:
-        pytest.skip(reason)
+        slurm_unavailable(reason)
     out = tmp_path / "slurm.json"
     proc = subprocess.run([sys.executable, "benchmarks/slurm.py", "--smoke", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=540)

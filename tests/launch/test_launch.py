@@ -15,6 +15,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import launch  # noqa: E402
+from trixmed.testing import TINY_OVERRIDES  # noqa: E402
+
+# the tiny model without its worker count (the shape's), four workers splitting a batch of 8
+TINY = [o for o in TINY_OVERRIDES if not o.startswith("distributed.num_workers=")] + [
+    "warmup.micro_batch_size=2", "experts.micro_batch_size=2"]
 
 
 def test_resources_come_from_the_sbatch_templates():
@@ -34,9 +39,16 @@ def test_slurm_time_formats_in_minutes(text, expected):
     assert launch.minutes(text) == expected
 
 
-def test_plan_gets_config_run_dir_and_overrides_only():
-    args = ["tune_spaces/demo_2x2.yaml", "--config", "c.yaml", "--force", "a.b=1", "--run-dir", "r", "--name", "x", "c=2"]
-    assert launch._plan_args(args) == ["--config", "c.yaml", "--run-dir", "r", "a.b=1", "c=2"]
+def test_trixmed_parses_the_command_line_and_the_plan_derives_the_overrides(tmp_path):
+    """launch/ passes trixmed's command line on whole: trixmed's parser finds the run directory,
+    `trixmed plan --job` the overrides for the shape (a command-line override wins over its own)."""
+    args = ["tune_spaces/demo_2x2.yaml", "--config", "configs/demo_cpu.yaml", "--force", "seed=3", "--run-dir", str(tmp_path)]
+    assert launch._run_dir("tune", args) == str(tmp_path)
+    assert launch._run_dir("tune", ["--no-such-flag"]) is None
+    run = ["--config", "configs/demo_cpu.yaml", *TINY, f"run_dir={tmp_path}", "plan.gpus_per_node=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert launch.plan_job("run", run, ["--nodes", "2", "--gpus-per-node", "2"], env) == \
+        ["distributed.use_gpu=true", "distributed.num_workers=4"]
 
 
 def test_slurm_executor_without_slurm_says_so(monkeypatch, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,15 @@ def test_plan_prints_world_size_zero_groups_and_memory_per_gpu(capsys, monkeypat
     # ZeRO-3 over 16 GPUs: a sixteenth of the 8 B frozen weights + the largest layer gathered in full
     assert ("  model states: frozen weights 1.91 GiB + trainable states 0.14 GiB "
             "(DeepSpeed estimate_zero3_model_states_mem_needs) = 2.06 GiB") in lines
-    assert lines[-1].startswith("fits: ") and lines[-1].endswith(" per GPU of 80 GiB (90% usable = 72.0 GiB)")
+    fits = next(line for line in lines if line.startswith("fits: "))
+    assert fits.endswith(" per GPU of 80 GiB (90% usable = 72.0 GiB)")
+    assert lines[-1] == "derived overrides: distributed.use_gpu=true plan.gpus_per_node=8 distributed.num_workers=16"
 
 
 def test_plan_shows_the_expert_parallel_groups(capsys, monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
     code, out, _ = plan(capsys, "--config", LLAMA, "--nodes", "1", "--gpus-per-node", "4",
-                        "model.moe.ep_size=2", "distributed.zero_stage=2")
+                        "model.moe.ep_size=2", "distributed.zero_stage=2", "extract.actors=4")
     assert code == 0
     assert ("expert parallelism: ep_size 2, 2 expert-parallel groups [0,1] [2,3], 4 experts per rank; "
             "expert-data-parallel groups [0,2] [1,3]") in out.splitlines()
@@ -184,5 +187,109 @@ def test_plan_refuses_cpu_workers_that_do_not_fit_the_nodes_cpus(capsys, tmp_pat
     code, _, err = plan(capsys, "--config", str(CONFIGS / "demo_cpu.yaml"), "--nodes", "1", "--gpus-per-node", "0",
                         "--cpus-per-node", "2", "distributed.cpus_per_worker=1.5", f"run_dir={tmp_path}")
     assert code == 2
-    assert err == (f"trixmed plan: error: {CONFIGS / 'demo_cpu.yaml'}: distributed.num_workers: 2 workers of 1.5 CPU each; "
-                   "1 node(s) × 2 CPUs hold 1; smallest that fits: distributed.num_workers=1\n")
+    assert err == (f"trixmed plan: error: {CONFIGS / 'demo_cpu.yaml'}: distributed.cpus_per_worker: 2 workers per node × "
+                   "1.5 CPUs = 3 CPUs, but a node has 2; fix: sbatch --cpus-per-task=3, or distributed.cpus_per_worker=1\n")
+
+
+# --------------------------------------------------------------------------------------------
+# the allocation: CPUs, extract actors, stratify workers and host memory per node
+
+@pytest.mark.parametrize("args,error", [
+    # the README's flagship command on the templates' old 8 CPUs per node
+    (["--cpus-per-node", "8"],
+     "distributed.cpus_per_worker: 8 workers per node × 4 CPUs = 32 CPUs, but a node has 8; "
+     "fix: sbatch --cpus-per-task=32, or distributed.cpus_per_worker=1"),
+    (["--cpus-per-node", "32", "extract.cpus_per_actor=16"],
+     "extract.cpus_per_actor: 4 actors per node × 16 CPUs = 64 CPUs, but a node has 32; "
+     "fix: sbatch --cpus-per-task=64, or extract.cpus_per_actor=8"),
+    (["--cpus-per-node", "32", "stratify.num_workers=8", "stratify.cpus_per_worker=16"],
+     "stratify.cpus_per_worker: 4 workers per node × 16 CPUs = 64 CPUs, but a node has 32; "
+     "fix: sbatch --cpus-per-task=64, or stratify.cpus_per_worker=8"),
+    (["extract.actors=24"],
+     "extract.gpus_per_actor: 12 actors per node × 1 GPU = 12 GPUs, but a node has 8; "
+     "fix: extract.actors=16, or extract.gpus_per_actor=0 (extract on CPU)"),
+    # 8 ranks per node each load the 8 B bf16 checkpoint (15 GiB) before ZeRO-3 partitions it
+    (["--mem-per-node", "128"],
+     "host memory: 8 processes per node × 15.0 GiB (the bfloat16 checkpoint, loaded by each) = 119.7 GiB, but "
+     "89.6 GiB of the node's 128.0 GiB is usable (70%; Ray's object store holds the rest); "
+     "fix: sbatch --mem=171G (or --mem=0: the node's all)"),
+])
+def test_plan_refuses_what_the_allocation_lacks_naming_the_fix(capsys, monkeypatch, args, error):
+    monkeypatch.chdir(CONFIGS.parent)
+    code, out, err = plan(capsys, "--config", LLAMA, "--nodes", "2", "--gpus-per-node", "8", *args)
+    assert code == 2 and out == ""
+    assert err == f"trixmed plan: error: {LLAMA}: {error}\n"
+
+
+def slurm_env(monkeypatch, **env: str) -> None:
+    for key in [k for k in os.environ if k.startswith("SLURM") or k in ("CUDA_VISIBLE_DEVICES", "TRIXMED_FAKE_GPUS")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", "/nonexistent")   # no nvidia-smi answers
+
+
+def test_plan_reads_the_slurm_allocation_and_writes_the_jobs_overrides(capsys, monkeypatch, tmp_path):
+    """The README's flagship job on the templates' defaults: 2 nodes × 8 GPUs, 32 CPUs, the node's memory."""
+    monkeypatch.chdir(CONFIGS.parent)
+    slurm_env(monkeypatch, SLURM_JOB_ID="42", SLURM_JOB_NUM_NODES="2", SLURM_CPUS_ON_NODE="32",
+              CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7", SLURM_MEM_PER_NODE="1031680")
+    job_file = tmp_path / "plan.job"
+    code, out, _ = plan(capsys, "--slurm", "--job-file", str(job_file),
+                        "--job", "run", "--dashboard", "--config", LLAMA, "--force", "experts.epochs=2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == ("allocation (SLURM job 42): 2 node(s), 32 CPUs, 8 GPUs of 80.0 GiB (assumed: nvidia-smi did not "
+                        "answer; --gpu-memory), 1007.5 GiB memory per node")
+    assert lines[1] == f"{LLAMA} on 2 node(s) × 8 GPUs: world size 16, ZeRO stage 3, bf16"
+    assert "  training 8 × (1 GPU + 4 CPU) = 8 GPU + 32 CPU of 32 CPUs" in lines
+    assert "  extract  4 × (1 GPU + 4 CPU) = 4 GPU + 16 CPU of 32 CPUs" in lines
+    assert ("host memory per node: 8 processes × 14.96 GiB (the bfloat16 checkpoint, loaded by each) = 119.66 GiB of "
+            "705.2 GiB usable (70% of 1007.5 GiB; Ray's object store holds the rest)") in lines
+    assert lines[-1] == "derived overrides: distributed.use_gpu=true plan.gpus_per_node=8 distributed.num_workers=16"
+    assert job_file.read_text() == ("override distributed.use_gpu=true\noverride plan.gpus_per_node=8\n"
+                                    "override distributed.num_workers=16\ndashboard\n")
+
+
+def test_plan_of_a_tune_job_on_fake_gpus_trains_on_cpu(capsys, monkeypatch, tmp_path):
+    """A test cluster's fake GPUs: the trials' GPU shape is planned, the derived run is on CPU, and
+    an override on the job's command line wins over a derived one."""
+    slurm_env(monkeypatch, SLURM_JOB_ID="7", SLURM_JOB_NUM_NODES="2", SLURM_CPUS_ON_NODE="2",
+              CUDA_VISIBLE_DEVICES="0,1", SLURM_MEM_PER_NODE="4096", TRIXMED_FAKE_GPUS="1")
+    job_file = tmp_path / "plan.job"
+    code, out, _ = plan(capsys, "--slurm", "--job-file", str(job_file), "--job", "tune", "tune_spaces/demo_2x2.yaml",
+                        "--config", CODES, f"run_dir={tmp_path}", "tune.max_concurrent_trials=2", "plan.gpus_per_node=2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == ("allocation (SLURM job 7): 2 node(s), 2 CPUs, 2 fake GPUs (TRIXMED_FAKE_GPUS=1: planned as 80 GiB "
+                        "GPUs, trained on CPU), 4.0 GiB memory per node")
+    assert lines[1] == (f"{CODES} on 2 node(s) × 2 GPUs: world size 2, ZeRO stage 2, fp32; "
+                        "tune: 2 trial(s) at a time, each with this world size (4 workers in all)")
+    assert "  training 2 × (1 GPU + 0.5 CPU) = 2 GPU + 1 CPU of 2 CPUs" in lines
+    assert lines[-1] == "derived overrides: distributed.use_gpu=false"
+    assert job_file.read_text() == "override distributed.use_gpu=false\n"
+
+
+def test_plan_slurm_outside_a_job_and_a_bad_job_line_are_one_line(capsys, monkeypatch):
+    slurm_env(monkeypatch)
+    code, _, err = plan(capsys, "--slurm", "--job", "run", "--config", str(CONFIGS / "demo_cpu.yaml"))
+    assert code == 2 and err == ("trixmed plan: error: --slurm: not inside a SLURM job (no SLURM_JOB_ID); give --nodes, "
+                                 "--gpus-per-node, --cpus-per-node and --mem-per-node instead\n")
+    code, _, err = plan(capsys, "--job", "evaluate", "--config", str(CONFIGS / "demo_cpu.yaml"))
+    assert code == 2 and err == ("trixmed plan: error: --job: must be followed by run or tune and its arguments, "
+                                 f"got evaluate --config {CONFIGS / 'demo_cpu.yaml'}\n")
+
+
+def test_plan_in_a_job_reads_each_gpus_memory_from_nvidia_smi(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(CONFIGS.parent)
+    slurm_env(monkeypatch, SLURM_JOB_ID="9", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE="32",
+              CUDA_VISIBLE_DEVICES="0,1", SLURM_MEM_PER_NODE="262144")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 81559\necho 81920\n")   # memory.total in MiB, one line per GPU
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    code, out, _ = plan(capsys, "--slurm", "--job", "run", "--config", LLAMA, "extract.actors=2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "allocation (SLURM job 9): 1 node(s), 32 CPUs, 2 GPUs of 79.6 GiB (nvidia-smi), 256.0 GiB memory per node"
+    assert any(line.startswith("fits: ") and " per GPU of 79.65 GiB (90% usable = 71.7 GiB)" in line for line in lines)

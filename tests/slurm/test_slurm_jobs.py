@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 JOB_ARGS = ["--config", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "distributed.cpus_per_worker=1", "experts.epochs=5"]
 NODE_IPS = ["127.0.0.11", "127.0.0.12"]
 SBATCH = ["--nodes=2", "--cpus-per-task=1", "--time=20"]
+# the nodes' fake GPUs (tests/slurm/conftest.py): SLURM allocates them, `trixmed plan` plans on them,
+# and TRIXMED_FAKE_GPUS=1 makes the run it derives train on CPU
+GPUS = 2
+FAKE_GPUS = {"TRIXMED_FAKE_GPUS": "1"}
 
 
 def job_env(logs: Path) -> dict[str, str]:
@@ -210,13 +215,18 @@ def test_tune_sbatch_runs_the_2x2_sweep(pair, slurm, job_logs, tmp_path):
     seed_run_dir(pair["sbatch"]["run_dir"], run_dir, ("prepare", "warmup", "extract"))
     # two CPUs per node, half a CPU per training worker: two trials train at once; two expert
     # epochs give ASHA one rung (none of these keys changes the shared warm-up)
-    job_id = slurm.sbatch(["--nodes=2", "--cpus-per-task=2", "--time=20", f"--output={job_logs}/%x-%j.out",
-                           "slurm/tune.sbatch", "tune_spaces/demo_2x2.yaml", *JOB_ARGS, f"run_dir={run_dir}",
-                           "experts.epochs=2", "distributed.cpus_per_worker=0.5", "tune.max_concurrent_trials=2"],
-                          env=job_env(job_logs))
+    # on the nodes' fake GPUs: planned as the trials run (2 workers each, 2 at once on 2 × 2 GPUs)
+    job_id = slurm.sbatch(["--nodes=2", "--cpus-per-task=2", f"--gpus-per-node={GPUS}", "--time=20",
+                           f"--output={job_logs}/%x-%j.out", "slurm/tune.sbatch", "tune_spaces/demo_2x2.yaml", *JOB_ARGS,
+                           f"run_dir={run_dir}", "experts.epochs=2", "distributed.cpus_per_worker=0.5",
+                           "tune.max_concurrent_trials=2"],
+                          env={**job_env(job_logs), **FAKE_GPUS})
     state = slurm.wait(job_id, timeout=600)
     text = job_log(job_logs, "trixmed-tune", job_id)
     assert state == "COMPLETED", text[-4000:]
+    assert ("configs/demo_cpu.yaml on 2 node(s) × 2 GPUs: world size 2, ZeRO stage 2, fp32; tune: 2 trial(s) at a time, "
+            "each with this world size (4 workers in all)") in text
+    assert "derived overrides: distributed.use_gpu=false plan.gpus_per_node=2\n" in text
     assert "trixmed tune exited with status 0" in text
     summary = json.loads((run_dir / "tune" / "demo_2x2" / "summary.json").read_text())
     assert len(summary["trials"]) == 4
@@ -240,3 +250,72 @@ def test_local_cluster_script_status_lists_both_nodes(slurm):
                          env={**os.environ, "SLURM_LOCAL_DIR": str(slurm.state_dir)}, timeout=30)
     assert out.returncode == 0, out.stderr
     assert re.search(r"node1\s+1\s+debug\*\s+\w+", out.stdout) and re.search(r"node2\s+1\s+debug\*\s+\w+", out.stdout)
+
+
+def test_a_tune_job_whose_trials_do_not_fit_the_gpus_is_refused(slurm, job_logs, tmp_path):
+    job_id = slurm.sbatch(["--nodes=2", "--cpus-per-task=2", f"--gpus-per-node={GPUS}", "--time=20",
+                           f"--output={job_logs}/%x-%j.out", "slurm/tune.sbatch", "tune_spaces/demo_2x2.yaml", *JOB_ARGS,
+                           f"run_dir={tmp_path / 'run'}", "tune.max_concurrent_trials=3"],
+                          env={**job_env(job_logs), **FAKE_GPUS})
+    state = slurm.wait(job_id, timeout=120)
+    text = job_log(job_logs, "trixmed-tune", job_id)
+    assert state == "FAILED", text
+    assert ("trixmed plan: error: configs/demo_cpu.yaml: tune.max_concurrent_trials: 3 trials at a time × 2 workers "
+            "(distributed.num_workers) = 6 workers of 1 GPU + 1 CPU each; 2 node(s) × 2 GPUs + 2 CPUs hold 4; "
+            "smallest shape that fits: --nodes 3 --gpus-per-node 2") in text
+    assert "Ray head" not in text
+
+
+def test_a_job_asking_more_cpus_than_it_was_given_is_refused_within_2_min(slurm, job_logs, tmp_path):
+    t0 = time.monotonic()
+    job_id = submit_train(slurm, job_logs, tmp_path / "run", "distributed.cpus_per_worker=2")
+    state = slurm.wait(job_id, timeout=120)
+    text = job_log(job_logs, "trixmed-train", job_id)
+    assert state == "FAILED" and time.monotonic() - t0 < 120, text
+    assert ("trixmed plan: error: configs/demo_cpu.yaml: distributed.cpus_per_worker: 1 workers per node × 2 CPUs = 2 CPUs, "
+            "but a node has 1; fix: sbatch --cpus-per-task=2, or distributed.cpus_per_worker=1") in text
+    assert "trixmed plan refused this job's shape: not starting Ray" in text and "Ray head" not in text
+
+
+def test_readme_flagship_command_on_fake_gpus_plans_and_trains_one_worker_per_gpu(slurm, job_logs, tmp_path):
+    """`sbatch --nodes=2 --gpus-per-node=8 slurm/train.sbatch --config …`, scaled to 2 × 2 fake GPUs,
+    with the dashboard: one worker per GPU (derived by the plan), each Ray node given its step's GPUs."""
+    run_dir = tmp_path / "run"
+    # the tiny model without its worker count (the shape's): 4 workers split a batch of 8 in 2s; a
+    # whole CPU each fills both nodes' 2 CPUs, so Ray places two on each as GPUs would (CPU-only
+    # workers of half a CPU would all be packed on one node)
+    tiny = [o for o in JOB_ARGS if not o.startswith("distributed.num_workers=")]
+    job_id = slurm.sbatch(["--nodes=2", f"--gpus-per-node={GPUS}", "--cpus-per-task=2", "--time=20",
+                           f"--output={job_logs}/%x-%j.out", "slurm/train.sbatch", "--dashboard", *tiny, f"run_dir={run_dir}",
+                           "warmup.micro_batch_size=2", "experts.micro_batch_size=2", "experts.epochs=2"],
+                          env={**job_env(job_logs), **FAKE_GPUS})
+    state = slurm.wait(job_id, timeout=600)
+    logs = log_dir(job_logs, "trixmed-train", job_id)
+    text = job_log(job_logs, "trixmed-train", job_id)
+    assert state == "COMPLETED", text[-4000:]
+    assert re.search(rf"allocation \(SLURM job {job_id}\): 2 node\(s\), 2 CPUs, 2 fake GPUs \(TRIXMED_FAKE_GPUS=1: planned as "
+                     r"80 GiB GPUs, trained on CPU\), [\d.]+ GiB memory per node", text)
+    assert "configs/demo_cpu.yaml on 2 node(s) × 2 GPUs: world size 4, ZeRO stage 2, fp32" in text
+    assert "  training 2 × (1 GPU + 1 CPU) = 2 GPU + 2 CPU of 2 CPUs" in text
+    assert "derived overrides: distributed.use_gpu=false plan.gpus_per_node=2 distributed.num_workers=4" in text
+    # every Ray node was started with its own step's GPUs (CUDA_VISIBLE_DEVICES of the srun step)
+    assert [json.loads((logs / f"ray-node-node{i}.json").read_text())["gpus"] for i in (1, 2)] == [GPUS, GPUS]
+    assert [n["gpus"] for n in json.loads((logs / "nodes.json").read_text())["nodes"]] == [GPUS, GPUS]
+    assert json.loads((logs / "placement.json").read_text())["train_worker_ips"] == NODE_IPS
+    assert json.loads((run_dir / "experts" / "history.json").read_text())["world_size"] == 4
+    # the dashboard: where it is, how to reach it, and the job's token (its owner's only)
+    head = re.search(r"Ray head \S+ on node1 \(client port \d+, dashboard port (\d+)\)", text)
+    url = f"http://127.0.0.11:{head.group(1)}"
+    info = (logs / "dashboard.txt").read_text().splitlines()
+    token = logs / "dashboard-token"
+    assert info[:2] == [f"url: {url}", "head node: node1 (127.0.0.11)"]
+    # forwarded through the host the job was submitted from
+    assert re.fullmatch(rf"from your machine: ssh -N -L 8265:127\.0\.0\.11:{head.group(1)} \S+@{re.escape(socket.gethostname())}"
+                        r"   then open http://localhost:8265", info[2])
+    assert info[3] == f"token: {token} (mode 0600): paste it when the dashboard asks for a token"
+    assert token.stat().st_mode & 0o777 == 0o600 and re.fullmatch(r"[0-9a-f]{64}\n", token.read_text())
+    assert f"Ray dashboard url: {url}" in text and f"Ray dashboard: {url}" in text
+
+
+def test_local_cluster_nodes_have_fake_gpus(slurm):
+    assert slurm.run("sinfo", "-h", "-N", "-o", "%N %G").split("\n")[:2] == ["node1 gpu:2", "node2 gpu:2"]

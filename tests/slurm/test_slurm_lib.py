@@ -62,3 +62,17 @@ def test_job_sh_refuses_to_run_outside_slurm():
     out = subprocess.run(["bash", "slurm/job.sh", "evaluate"], cwd=REPO, env={**env, "SLURM_JOB_ID": "1"},
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "error: usage: job.sh run|tune [trixmed arguments], got 'evaluate'" in out.stderr
+
+
+def test_slurm_tests_skip_where_slurm_cannot_run_but_fail_where_it_is_expected(monkeypatch):
+    import pytest
+
+    from trixmed.testing import slurm_unavailable
+
+    monkeypatch.delenv("TRIXMED_REQUIRE_SLURM", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="^no sbatch$"):
+        slurm_unavailable("no sbatch")
+    monkeypatch.setenv("TRIXMED_REQUIRE_SLURM", "1")
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"^SLURM is expected here \(TRIXMED_REQUIRE_SLURM=1\) but cannot run: no sbatch$"):
+        slurm_unavailable("no sbatch")

@@ -437,6 +437,9 @@ class ShardPool:
                                            f"than the Ray cluster has ({have:g})")
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from trixmed.train.ray_session import wait_for_resources
+
+        wait_for_resources([{"CPU": cpus_per_worker}] * self.num_workers, "stratify.num_workers")
         # placement_group=None: inside a Tune trial the workers would otherwise be captured into the
         # trial's own placement group, which holds only the trial process's small CPU share
         remote = ray.remote(num_cpus=cpus_per_worker)(ShardWorker).options(

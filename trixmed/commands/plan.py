@@ -2,32 +2,54 @@
 
 Prints the world size, ZeRO stage, batch split, expert-parallel groups and memory per GPU (DeepSpeed's
 model-state estimate + an activation estimate for the configured sequence length and micro-batch),
-or refuses in one line (exit 2) a shape that cannot divide or cannot fit, naming the smallest that
-would. `--tune` checks a sweep's trials instead of one run (slurm/job.sh passes it for tune jobs). slurm/job.sh runs it before starting Ray, so a bad shape costs seconds, not a queue wait.
+what each phase asks of a node (training workers, extract actors, stratify workers, a sweep's
+concurrent trials) and the host memory of the processes that load the model, or refuses in one
+line (exit 2) a shape that cannot run, naming the smallest shape that would or the sbatch option /
+config key that fixes it. `--tune` checks a sweep's trials instead of one run.
+
+Inside a SLURM job, `--slurm --job run|tune ARGS…` is what slurm/job.sh and launch/ run before
+starting Ray: the allocation is read from the job itself (allocation.py), ARGS is the job's own
+trixmed command line, parsed by trixmed's parser (the one place it is parsed), and `--job-file`
+receives what the job needs from it: the overrides derived from the allocation (one worker per
+GPU …; an override on the command line wins) and whether the command asked for the dashboard.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from trixmed.commands.common import add_run_dir, load_run_config
+from trixmed.pipeline.allocation import Allocation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_dir(parser)
-    parser.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes in the job (default 1)")
+    parser.add_argument("--nodes", type=int, default=None, metavar="N", help="nodes in the job (default 1, or the job's)")
     parser.add_argument("--gpus-per-node", type=int, default=None, metavar="G",
                         help="GPUs per node; training uses one worker per GPU (world size N × G). "
-                             "0 = CPU only: the config's distributed.num_workers (default: the config's plan.gpus_per_node "
-                             "when distributed.use_gpu, else 0)")
+                             "0 = CPU only: the config's distributed.num_workers (default: the job's with --slurm, else the "
+                             "config's plan.gpus_per_node when distributed.use_gpu, else 0)")
     parser.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB",
-                        help="memory of one GPU in GiB (default 80, an H100/A100-80GB); the plan may fill 90%% of it")
+                        help="memory of one GPU in GiB when nvidia-smi does not say (default 80, an H100/A100-80GB); "
+                             "the plan may fill 90%% of it")
     parser.add_argument("--cpus-per-node", type=float, default=None, metavar="C",
-                        help="CPUs per node; with it every worker must find distributed.cpus_per_worker of them on its "
-                             "node (default: not checked)")
+                        help="CPUs per node; every worker and actor must find its CPUs on its node (default: the job's "
+                             "with --slurm, else not checked)")
+    parser.add_argument("--mem-per-node", type=float, default=None, metavar="GIB",
+                        help="host memory per node in GiB; the processes that load the model must fit in 70%% of it "
+                             "(default: the job's with --slurm, else not checked)")
     parser.add_argument("--tune", action="store_true",
                         help="plan a `trixmed tune` sweep: each trial trains distributed.num_workers workers (one GPU "
                              "each with GPUs), tune.max_concurrent_trials of them at once")
+    parser.add_argument("--slurm", action="store_true",
+                        help="read the allocation from the SLURM job this runs in: nodes, CPUs, memory and GPUs per node, "
+                             "each GPU's memory from nvidia-smi")
+    parser.add_argument("--job-file", type=Path, metavar="FILE",
+                        help="write what the job needs: one `override KEY=VALUE` line per derived override, and a "
+                             "`dashboard` line when the command asks for the dashboard")
+    parser.add_argument("--job", nargs=argparse.REMAINDER, metavar="run|tune ARGS",
+                        help="the job's trixmed command line (the rest of the line): plan it as that command runs")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,13 +58,56 @@ def main(args: argparse.Namespace) -> int:
     # the plan is arithmetic on a meta-device model: no accelerator is touched, so spare the log
     # line DeepSpeed prints while it looks for one (job.sh runs this on a node before Ray starts)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from trixmed.pipeline.allocation import derive_overrides, from_slurm, user_keys
     from trixmed.pipeline.plan import check_shape, format_shape
 
-    cfg = load_run_config(args)
-    gpus = args.gpus_per_node
-    if gpus is None:
+    job = _job_args(args.job) if args.job else args
+    command = job.command if args.job else ("tune" if args.tune else "run")
+    alloc = from_slurm() if args.slurm else Allocation(nodes=1, cpus_per_node=None, gpus_per_node=-1,
+                                                      gpu_memory_gib=None, mem_per_node_gib=None)
+    nodes = args.nodes if args.nodes is not None else alloc.nodes
+    cpus = args.cpus_per_node if args.cpus_per_node is not None else alloc.cpus_per_node
+    mem = args.mem_per_node if args.mem_per_node is not None else alloc.mem_per_node_gib
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else alloc.gpus_per_node
+    derived: list[str] = []
+    if gpus >= 0:
+        derived = derive_overrides(load_run_config(job), nodes, gpus, command, fake_gpus=alloc.fake_gpus)
+        derived = [kv for kv in derived if kv.split("=", 1)[0] not in user_keys(job.overrides)]
+    cfg = load_run_config(job, derived)
+    if gpus < 0:
         gpus = cfg.plan.gpus_per_node if cfg.distributed.use_gpu else 0
-    name = args.config or "<defaults>"
-    plan = check_shape(cfg, args.nodes, gpus, args.gpu_memory, name, cpus_per_node=args.cpus_per_node, tune=args.tune)
+    gpu_memory = alloc.gpu_memory_gib or args.gpu_memory
+    name = job.config or "<defaults>"
+    plan = check_shape(cfg, nodes, gpus, gpu_memory, name, cpus_per_node=cpus, tune=command == "tune",
+                       mem_per_node_gib=mem)
+    if args.slurm:
+        print(_allocation_line(alloc, gpus, gpu_memory))
     print(format_shape(plan, name))
+    print("derived overrides: " + (" ".join(derived) or "none"))
+    if args.job_file:
+        lines = [f"override {kv}" for kv in derived] + (["dashboard"] if getattr(job, "dashboard", False) else [])
+        args.job_file.write_text("".join(line + "\n" for line in lines))
     return 0
+
+
+def _job_args(argv: list[str]) -> argparse.Namespace:
+    """The job's `run|tune …` line, parsed by trixmed's own parser."""
+    from trixmed.cli import build_parser, parse_args
+    from trixmed.errors import TrixmedError
+
+    if not argv or argv[0] not in ("run", "tune"):
+        raise TrixmedError("--job", f"must be followed by run or tune and its arguments, got {' '.join(argv) or 'nothing'}")
+    return parse_args(build_parser(), argv)
+
+
+def _allocation_line(alloc: Allocation, gpus: int, gpu_memory: float) -> str:
+    parts = [f"{alloc.nodes} node(s)"]
+    parts.append(f"{alloc.cpus_per_node:g} CPUs" if alloc.cpus_per_node is not None else "CPUs unknown")
+    if alloc.fake_gpus:
+        parts.append(f"{gpus} fake GPUs (TRIXMED_FAKE_GPUS=1: planned as {gpu_memory:g} GiB GPUs, trained on CPU)")
+    elif gpus:
+        parts.append(f"{gpus} GPUs of {gpu_memory:.1f} GiB "
+                     + ("(nvidia-smi)" if alloc.gpu_memory_gib else "(assumed: nvidia-smi did not answer; --gpu-memory)"))
+    if alloc.mem_per_node_gib is not None:
+        parts.append(f"{alloc.mem_per_node_gib:.1f} GiB memory")
+    return f"allocation ({alloc.source}): " + ", ".join(parts) + " per node"

@@ -96,7 +96,7 @@ def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], p
                     *, done_before: int, total: int) -> None:
     import ray.data
 
-    from trixmed.train.ray_session import ensure_ray, quiet_library_logger
+    from trixmed.train.ray_session import ensure_ray, quiet_library_logger, wait_for_resources
 
     ensure_ray(cfg)
     quiet_library_logger("ray.data")
@@ -104,6 +104,8 @@ def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], p
     context.enable_progress_bars = False      # the console draws one bar for the stage itself
     context.print_on_execution_start = False
     e = cfg.extract
+    # Ray Data waits for its actor pool without limit (DataContext.wait_for_min_actors_s is -1)
+    wait_for_resources([{"GPU": e.gpus_per_actor, "CPU": e.cpus_per_actor}] * min(e.actors, len(todo)), "extract.actors")
     specs = ray.data.from_items([{"shard": i, "start": a, "end": b} for i, a, b in todo], override_num_blocks=len(todo))
     with warnings.catch_warnings():
         # `max_restarts` reaches Ray Data's actors only through its deprecated **ray_remote_args (no

@@ -25,6 +25,7 @@ from trixmed.config import Config
 from trixmed.errors import TrixmedError
 from trixmed.run_dir import RunDir
 from trixmed.train.deepspeed_config import build_deepspeed_config
+from trixmed.train.ray_fit import worker_resources
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GIB = 1024**3
@@ -154,10 +155,12 @@ def shaped(cfg: Config, nodes: int, gpus_per_node: int, tune: bool = False) -> C
 
 
 def check_shape(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: float,
-                config_name: str = "config", *, cpus_per_node: float | None = None, tune: bool = False) -> dict[str, Any]:
+                config_name: str = "config", *, cpus_per_node: float | None = None, tune: bool = False,
+                mem_per_node_gib: float | None = None) -> dict[str, Any]:
     """The plan of `cfg` on this shape (of one Tune trial with `tune`), or a one-line TrixmedError
-    naming the first thing that cannot divide or cannot fit and the smallest shape that would.
-    `cpus_per_node` None: the nodes' CPUs are not checked."""
+    naming the first thing that cannot divide or cannot fit and the smallest shape that would, or,
+    for what the allocation lacks (CPUs, host memory), the sbatch option or config key that fixes
+    it. `cpus_per_node` / `mem_per_node_gib` None: not checked."""
     if nodes < 1:
         raise TrixmedError("--nodes", f"must be >= 1, got {nodes}")
     if gpus_per_node < 0:
@@ -166,16 +169,24 @@ def check_shape(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: flo
         raise TrixmedError("--gpu-memory", f"must be > 0, got {gpu_memory_gib:g}")
     if cpus_per_node is not None and cpus_per_node <= 0:
         raise TrixmedError("--cpus-per-node", f"must be > 0, got {cpus_per_node:g}")
+    if mem_per_node_gib is not None and mem_per_node_gib <= 0:
+        raise TrixmedError("--mem-per-node", f"must be > 0, got {mem_per_node_gib:g}")
     counts = _counts_or_error(cfg)
     problem = _shape_problem(cfg, nodes, gpus_per_node, gpu_memory_gib, counts, cpus_per_node, tune)
     if problem:
         suggestion = _suggestion(cfg, nodes, gpus_per_node, gpu_memory_gib, counts, cpus_per_node, tune)
         raise TrixmedError(config_name, f"{problem}; {suggestion}")
     run_cfg = shaped(cfg, nodes, gpus_per_node, tune)
+    needs = node_needs(run_cfg, nodes, gpus_per_node, counts, tune)
+    problem = _allocation_problem(needs, gpus_per_node, cpus_per_node, mem_per_node_gib)
+    if problem:
+        raise TrixmedError(config_name, problem)
     plan = build_plan(run_cfg, counts)
     plan["shape"] = {"nodes": nodes, "gpus_per_node": gpus_per_node, "gpu_memory_gib": gpu_memory_gib,
                      "usable_gib": gpu_memory_gib * USABLE_GPU_FRACTION,
-                     "trials": cfg.tune.max_concurrent_trials if tune else None}
+                     "trials": cfg.tune.max_concurrent_trials if tune else None,
+                     "cpus_per_node": cpus_per_node, "mem_per_node_gib": mem_per_node_gib}
+    plan["needs"] = needs
     return plan
 
 
@@ -193,9 +204,89 @@ def format_shape(plan: dict[str, Any], config_name: str) -> str:
     lines = [head, format_plan(plan)]
     m = plan["memory"]
     if s["gpus_per_node"] and "error" not in m:
-        lines.append(f"fits: {_size(m['total_gib'])} per GPU of {s['gpu_memory_gib']:g} GiB "
+        lines.append(f"fits: {_size(m['total_gib'])} per GPU of {s['gpu_memory_gib']:.4g} GiB "
                      f"({USABLE_GPU_FRACTION:.0%} usable = {s['usable_gib']:.1f} GiB)")
+    lines.append("per node, phase by phase (Ray resources):")
+    for need in plan["needs"]["phases"]:
+        lines.append(f"  {need['phase']:<8} {need['count']} × ({_bundle(need['bundle'])}) = "
+                     f"{_bundle({k: v * need['count'] for k, v in need['bundle'].items()})}"
+                     + (f" of {s['cpus_per_node']:g} CPUs" if s["cpus_per_node"] is not None else ""))
+    host = plan["needs"]["host"]
+    if host:
+        line = (f"host memory per node: {host['processes']} processes × {_size(host['each_gib'])} "
+                f"({host['what']}) = {_size(host['gib'])}")
+        if s["mem_per_node_gib"] is not None:
+            line += (f" of {s['mem_per_node_gib'] * USABLE_HOST_FRACTION:.1f} GiB usable "
+                     f"({USABLE_HOST_FRACTION:.0%} of {s['mem_per_node_gib']:.1f} GiB; Ray's object store holds the rest)")
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _bundle(bundle: dict[str, float]) -> str:
+    return " + ".join(f"{v:g} {k}" for k, v in bundle.items() if v)
+
+
+# Ray's object store takes 30 % of a job's memory per node (slurm/ray-node.sh caps it there)
+USABLE_HOST_FRACTION = 0.7
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def node_needs(run_cfg: Config, nodes: int, gpus_per_node: int, counts: dict[str, Any] | None,
+               tune: bool) -> dict[str, Any]:
+    """What one node must hold in each phase that asks Ray for resources (the phases run one after
+    another, so each is checked alone), and the host memory of the processes that load the model:
+    the busiest node's share, as Ray may pack them."""
+    d, e, st = run_cfg.distributed, run_cfg.extract, run_cfg.stratify
+    trials = run_cfg.tune.max_concurrent_trials if tune else 1
+    workers = d.num_workers * trials
+    per_node = min(gpus_per_node, workers) if gpus_per_node and d.use_gpu else math.ceil(workers / nodes)
+    phases = [{"phase": "training", "count": per_node, "total": workers, "bundle": worker_resources(d)},
+              {"phase": "extract", "count": math.ceil(e.actors / nodes), "total": e.actors,
+               "bundle": {"GPU": e.gpus_per_actor, "CPU": e.cpus_per_actor}},
+              {"phase": "stratify", "count": math.ceil(st.num_workers / nodes), "total": st.num_workers,
+               "bundle": {"CPU": st.cpus_per_worker}}]
+    host = None
+    if counts is not None:
+        # every training rank and every extract actor loads the whole model into host memory
+        # before it moves to its device or is partitioned (models/hf.py)
+        if run_cfg.model.backbone == "hf":
+            dtype = run_cfg.model.hf.torch_dtype
+            each, what = counts["frozen"] * _DTYPE_BYTES[dtype] / GIB, f"the {dtype} checkpoint, loaded by each"
+        else:
+            each, what = (counts["frozen"] + counts["trainable"]) * 4 / GIB, "the model, built by each"
+        processes = max(phases[0]["count"], phases[1]["count"])
+        host = {"processes": processes, "each_gib": each, "gib": processes * each, "what": what}
+    return {"nodes": nodes, "phases": phases, "host": host}
+
+
+def _allocation_problem(needs: dict[str, Any], gpus_per_node: int, cpus_per_node: float | None,
+                        mem_per_node_gib: float | None) -> str | None:
+    """The first phase whose busiest node needs more CPUs (or GPUs, for extraction) than a node
+    has, or processes that need more host memory; the problem and its fix, in one line."""
+    keys = {"training": ("distributed.cpus_per_worker", "workers"), "extract": ("extract.cpus_per_actor", "actors"),
+            "stratify": ("stratify.cpus_per_worker", "workers")}
+    for need in needs["phases"]:
+        key, who = keys[need["phase"]]
+        gpu = need["bundle"].get("GPU", 0)
+        if need["phase"] == "extract" and gpu and gpu * need["count"] > gpus_per_node:
+            fits = math.floor(gpus_per_node / gpu + 1e-9) * needs["nodes"]
+            fix = (f"extract.actors={fits}" if fits else "--gpus-per-node=1") + ", or extract.gpus_per_actor=0 (extract on CPU)"
+            return (f"extract.gpus_per_actor: {need['count']} actors per node × {gpu:g} GPU = {gpu * need['count']:g} GPUs, "
+                    f"but a node has {gpus_per_node}; fix: {fix}")
+        cpu = need["bundle"]["CPU"]
+        if cpus_per_node is not None and cpu * need["count"] > cpus_per_node + 1e-9:
+            want = math.ceil(cpu * need["count"] - 1e-9)
+            each = math.floor(cpus_per_node / need["count"] * 100) / 100
+            return (f"{key}: {need['count']} {who} per node × {cpu:g} CPUs = {cpu * need['count']:g} CPUs, but a node has "
+                    f"{cpus_per_node:g}; fix: sbatch --cpus-per-task={want}, or {key}={each:g}")
+    host = needs["host"]
+    if host and mem_per_node_gib is not None and host["gib"] > mem_per_node_gib * USABLE_HOST_FRACTION:
+        want = math.ceil(host["gib"] / USABLE_HOST_FRACTION)
+        return (f"host memory: {host['processes']} processes per node × {host['each_gib']:.1f} GiB ({host['what']}) = "
+                f"{host['gib']:.1f} GiB, but {mem_per_node_gib * USABLE_HOST_FRACTION:.1f} GiB of the node's "
+                f"{mem_per_node_gib:.1f} GiB is usable ({USABLE_HOST_FRACTION:.0%}; Ray's object store holds the rest); "
+                f"fix: sbatch --mem={want}G (or --mem=0: the node's all)")
+    return None
 
 
 def _counts_or_error(cfg: Config) -> dict[str, Any] | None:
@@ -230,13 +321,14 @@ def _shape_problem(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gib: 
 def _placement_problem(run_cfg: Config, nodes: int, gpus_per_node: int, cpus_per_node: float | None,
                        tune: bool) -> str | None:
     """Whether every training worker (of every concurrent trial, for a sweep) finds a node with a
-    GPU and `distributed.cpus_per_worker` CPUs free. A worker cannot span nodes, so the room is
-    counted per node; the trials' own processes (`tune.trial_cpus`, a hundredth of a CPU) are left out."""
+    GPU (and, for a sweep, `distributed.cpus_per_worker` CPUs: a run's CPUs are the allocation's
+    check, `_allocation_problem`). A worker cannot span nodes, so the room is counted per node; the
+    trials' own processes (`tune.trial_cpus`, a hundredth of a CPU) are left out."""
     d = run_cfg.distributed
     per_node = []
     if gpus_per_node:
         per_node.append(gpus_per_node)
-    if cpus_per_node is not None:
+    if cpus_per_node is not None and tune:
         per_node.append(math.floor(cpus_per_node / d.cpus_per_worker + 1e-9))   # 0.3 / 0.1 is 2.999… in floats
     trials = run_cfg.tune.max_concurrent_trials if tune else 1
     room = nodes * min(per_node) if per_node else None

@@ -16,7 +16,7 @@ from typing import Any
 from trixmed.config import Config, DistributedConfig, to_dict
 from trixmed.console import Console
 from trixmed.run_dir import HISTORY_FILE, RunDir
-from trixmed.train.ray_session import ensure_ray, workers_log_dir
+from trixmed.train.ray_session import ensure_ray, wait_for_resources, workers_log_dir
 
 
 class TrainingStopped(Exception):
@@ -44,11 +44,14 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
         run_config=RunConfig(
             name=run_name,
             storage_path=str(rd.ray_storage),
-            failure_config=FailureConfig(max_failures=d.max_failures),
+            # a worker group that cannot start (its resources are gone) is the controller's failure,
+            # which Ray retries without limit unless told: as often as a worker's
+            failure_config=FailureConfig(max_failures=d.max_failures, controller_failure_limit=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=list(callbacks),
         ),
     )
+    wait_for_resources([worker_resources(d)] * d.num_workers, "distributed.num_workers")
     # a stop request applies to the run in progress, not to the next one (a resumed job's)
     rd.stop_request.unlink(missing_ok=True)
     with ProgressFollower(rd.progress(phase), console or Console()):

@@ -111,12 +111,20 @@ class WorkerGroup:
         """Start `dist.num_workers` ranks, packed like Ray Train's, and join their process group;
         their output goes to `log_dir` (None: Ray's worker logs) until a run redirects it."""
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from trixmed.errors import TrixmedError
+        from trixmed.train.ray_session import resource_timeout, shortage
 
         bundle = worker_resources(dist)
         group = placement_group([bundle] * dist.num_workers, strategy="PACK")
-        ray.get(group.ready())
+        try:
+            ray.get(group.ready(), timeout=resource_timeout())
+        except ray.exceptions.GetTimeoutError:
+            problem = f"worker group {slot}: {shortage([bundle] * dist.num_workers, resource_timeout())}"
+            remove_placement_group(group)
+            raise TrixmedError("distributed.num_workers", problem) from None
         remote = ray.remote(TrainWorker)
         actors = [remote.options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
                                  scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)).remote(
