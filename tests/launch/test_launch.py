@@ -114,3 +114,40 @@ def test_installed_launch_without_a_checkout_says_so_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"python -m launch: error: no trixmed checkout (a folder with slurm/job.sh) in {tmp_path / 'site'}, "
                            f"{tmp_path}: run from the checkout's root or set TRIXMED_CHECKOUT\n")
+
+
+def test_stop_grace_fits_the_signal_window():
+    assert launch.stop_grace(300) == 300 - launch.STOP_FALLBACK_S - launch.REQUEUE_MARGIN_S
+    assert launch.stop_grace(300, "60") == 60
+    with pytest.raises(ValueError, match="a stop signalled 300 s before the time limit leaves 180 s"):
+        launch.stop_grace(300, "200")
+    with pytest.raises(ValueError, match="signal earlier"):
+        launch.stop_grace(120)
+
+
+def test_checkpoint_sees_job_sh_exit_while_its_own_thread_waits():
+    """submitit runs `checkpoint` in a signal handler that interrupted `__call__`'s `Popen.wait()`
+    in the same thread: it must still see job.sh exit at once (not wait out its deadline), and
+    leave the exit status to that wait."""
+    import signal
+    import time
+
+    job = launch.TrixmedJob("run", ["--config", "configs/demo_cpu.yaml"], {"TRIXMED_STOP_GRACE": "30"})
+    # job.sh's part: on USR1 stop within a second, with status 143
+    job._proc = subprocess.Popen(["bash", "-c", "trap 'sleep 1; kill $!; exit 143' USR1; sleep 60 & wait"])
+    time.sleep(0.5)
+    outcome = {}
+
+    def handler(signum, frame):
+        t0 = time.monotonic()
+        outcome["next"] = job.checkpoint()
+        outcome["seconds"] = time.monotonic() - t0
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.alarm(1)
+        rc = job._proc.wait(timeout=60)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert outcome["seconds"] < 5 and rc == 143
+    assert isinstance(outcome["next"].function, launch.TrixmedJob) and outcome["next"].function.env == job.env
