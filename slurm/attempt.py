@@ -49,8 +49,9 @@ def stopped(log_dir: Path, max_stalled: int) -> int:
     (log_dir / RECORD).write_text(json.dumps(record))
     if record["stalled"] >= max_stalled:
         print(f"{record['stalled']} attempts in a row saved no work (no new checkpoint, no finished stage): "
-              f"not requeueing again (TRIXMED_MAX_STALLED_ATTEMPTS={max_stalled}); give the job more time "
-              f"after its signal (a later --signal, a longer --time), then submit the same command to resume")
+              f"not requeueing again (TRIXMED_MAX_STALLED_ATTEMPTS={max_stalled}); give an attempt time for a step "
+              f"and its checkpoint before the signal (a longer --time; for slow steps a larger TRIXMED_STOP_GRACE "
+              f"and --signal=B:USR1@T), then submit the same command to resume")
         return CANNOT_PROGRESS
     print(f"this attempt saved {'new work' if progressed else 'no new work'} "
           f"({record['stalled']} of {max_stalled} attempts in a row without)")

@@ -107,6 +107,7 @@ stop_trixmed() {
     kill -0 "$trixmed_pid" 2>/dev/null || break
     if [ $how = request ]; then
       [ -n "$stop_file" ] || continue
+      tlog "asking trixmed to stop at its next step: $stop_file"
       mkdir -p "$(dirname "$stop_file")" && echo step > "$stop_file"
     else
       tlog "SIG$how to trixmed"
@@ -116,7 +117,8 @@ stop_trixmed() {
     wait_s=15   # the grace is for the first way of stopping; each fallback gets 15 s
   done
   wait "$trixmed_pid" 2>/dev/null
-  tlog "trixmed stopped with status $? (75: at a step, with its checkpoint)"
+  local rc=$?
+  if [ $rc = 75 ]; then tlog "trixmed stopped at a step, with its checkpoint (status 75)"; else tlog "trixmed stopped with status $rc"; fi
   trixmed_pid=""
 }
 
@@ -126,7 +128,7 @@ on_signal() {
   [ "$1" = INT ] && requeue=0
   # plain scancel also sends SIGTERM, to a job it has already marked cancelled: that one stays cancelled
   [ "$1" = TERM ] && scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "JobState=CANCELLED" && requeue=0
-  tlog "SIG$1 received: stopping trixmed${stop_file:+ at its next step (stop request $stop_file)}"
+  tlog "SIG$1 received: stopping the job"
   mark signal
   stop_trixmed
   stop_ray

@@ -125,29 +125,50 @@ def test_stop_grace_fits_the_signal_window():
         launch.stop_grace(120)
 
 
-def test_checkpoint_sees_job_sh_exit_while_its_own_thread_waits():
-    """submitit runs `checkpoint` in a signal handler that interrupted `__call__`'s `Popen.wait()`
-    in the same thread: it must still see job.sh exit at once (not wait out its deadline), and
-    leave the exit status to that wait."""
+def checkpoint_while_waiting(job: launch.TrixmedJob, status: int) -> tuple[dict, int]:
+    """Run `job.checkpoint` the way submitit does, from a signal handler that interrupts the same
+    thread's `Popen.wait()` on a stand-in job.sh that stops a second after USR1 with `status`."""
     import signal
     import time
 
-    job = launch.TrixmedJob("run", ["--config", "configs/demo_cpu.yaml"], {"TRIXMED_STOP_GRACE": "30"})
-    # job.sh's part: on USR1 stop within a second, with status 143
-    job._proc = subprocess.Popen(["bash", "-c", "trap 'sleep 1; kill $!; exit 143' USR1; sleep 60 & wait"])
+    job._proc = subprocess.Popen(["bash", "-c", f"trap 'sleep 1; kill $!; exit {status}' USR1; sleep 60 & wait"])
     time.sleep(0.5)
     outcome = {}
 
     def handler(signum, frame):
         t0 = time.monotonic()
-        outcome["next"] = job.checkpoint()
-        outcome["seconds"] = time.monotonic() - t0
+        try:
+            outcome["next"] = job.checkpoint()
+        finally:
+            outcome["seconds"] = time.monotonic() - t0
 
     previous = signal.signal(signal.SIGALRM, handler)
     try:
         signal.alarm(1)
-        rc = job._proc.wait(timeout=60)
+        try:
+            rc = job._proc.wait()   # as __call__ waits: no timeout, so the wait holds the Popen's lock
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+            rc = job._proc.wait()
     finally:
         signal.signal(signal.SIGALRM, previous)
+    return outcome, rc
+
+
+def test_checkpoint_sees_job_sh_exit_while_its_own_thread_waits():
+    """It must see job.sh exit at once (not wait out its deadline), and leave the exit status to
+    the interrupted wait."""
+    job = launch.TrixmedJob("run", ["--config", "configs/demo_cpu.yaml"], {"TRIXMED_STOP_GRACE": "30"})
+    outcome, rc = checkpoint_while_waiting(job, 143)
     assert outcome["seconds"] < 5 and rc == 143
     assert isinstance(outcome["next"].function, launch.TrixmedJob) and outcome["next"].function.env == job.env
+
+
+def test_checkpoint_does_not_requeue_a_job_that_cannot_progress(tmp_path):
+    job = launch.TrixmedJob("run", ["--config", "configs/demo_cpu.yaml"], {"TRIXMED_STOP_GRACE": "30"})
+    job._log_dir = tmp_path
+    (tmp_path / "job.log").write_text("3 attempts in a row saved no work (no new checkpoint, no finished stage): ...\n")
+    outcome, rc = checkpoint_while_waiting(job, launch.CANNOT_PROGRESS)
+    assert rc == launch.CANNOT_PROGRESS and "next" not in outcome and outcome["seconds"] < 5
+    assert outcome["error"] == ("trixmed run exited with status 3; job.log ends:\n"
+                                "3 attempts in a row saved no work (no new checkpoint, no finished stage): ...")

@@ -183,7 +183,7 @@ def signal_mid_epoch(slurm, logs: Path, name: str, job_id: str, run_dir: Path, s
 def assert_resumed_at_the_step_it_stopped(text: str, run_dir: Path, ref: Path) -> None:
     """The first attempt stopped at a step inside an epoch with its checkpoint, the second resumed
     at that very step (nothing trained twice, nothing skipped), and the run ends as the reference."""
-    assert "trixmed stopped with status 75" in text, text[-4000:]
+    assert "trixmed stopped at a step, with its checkpoint (status 75)" in text, text[-4000:]
     (stopped,) = [int(n) for n in re.findall(r"\[experts\] stop requested: stopped at step (\d+)", text)]
     (resumed,) = re.findall(r"\[experts\] resumed from its checkpoint at step (\d+) \(epoch \d+, step (\d+) of (\d+)\)", text)
     assert int(resumed[0]) == stopped and 0 < int(resumed[1]) < int(resumed[2]), (stopped, resumed)
