@@ -10,9 +10,12 @@ The same job: the function submitit runs on the job's first node is slurm/job.sh
 Ray head + srun workers, trixmed, shutdown), and the resources default to the `#SBATCH` lines of
 slurm/train.sbatch or slurm/tune.sbatch, so a change to a template changes both ways of submitting.
 Preemption goes through submitit's own mechanism instead of job.sh's: submitit signals the job
-(USR2, `signal_delay_s` before the limit), `TrixmedJob.checkpoint` stops job.sh cleanly (USR1
-with TRIXMED_REQUEUE=0: trixmed stopped, Ray steps ended, no `scontrol requeue` of its own) and
-hands submitit the same call to requeue; the next attempt resumes from trixmed's checkpoints.
+(USR2, `signal_delay_s` before the limit), `TrixmedJob.checkpoint` stops job.sh as on its own
+signal (USR1 with TRIXMED_REQUEUE=0: trixmed checkpoints its next step, Ray steps ended, no
+`scontrol requeue` of its own), waits for it, and hands submitit the same call to requeue; the
+next attempt resumes from that step. job.sh's grace is sized so that its worst-case stop ends
+inside the signal's window; a job that saves no work for `max_stalled_attempts` attempts in a row
+is not requeued (job.sh exits 3, and the job's result is that error).
 
 `executor="local"` runs the job on this machine without SLURM (submitit's LocalExecutor): the
 plan, then trixmed with a local Ray, as `trixmed run` would.
@@ -33,6 +36,11 @@ from typing import Any
 from launch.locate import checkout, slurm_dir
 
 TEMPLATES = {"run": "train.sbatch", "tune": "tune.sbatch"}
+# job.sh's stop after its grace, at worst: INT 15 s, TERM 15 s, the Ray steps 60 s, and a margin
+STOP_FALLBACK_S = 95
+# what submitit needs after job.sh has stopped and before the time limit: `scontrol requeue`, exit
+REQUEUE_MARGIN_S = 25
+CANNOT_PROGRESS = 3   # job.sh's status when the job saved no work too many attempts in a row (slurm/attempt.py)
 
 
 def sbatch_resources(command: str) -> dict[str, str]:
@@ -72,13 +80,15 @@ class TrixmedJob:
         self.args = list(args)
         self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_dir: Path | None = None   # job.sh's log directory while it runs
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_proc"}   # a process does not pickle
+        # a process does not pickle, and neither belongs to the next attempt
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_log_dir")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._proc = None
+        self._proc, self._log_dir = None, None
 
     def __call__(self) -> dict[str, Any]:
         in_slurm = "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
@@ -97,30 +107,50 @@ class TrixmedJob:
                    *plan_job(self.command, self.args, ["--nodes", "1", "--gpus-per-node", "0",
                                                        "--cpus-per-node", str(os.cpu_count())], env)]
             log_dir = None
+        self._log_dir = log_dir
         self._proc = subprocess.Popen(cmd, env=env, cwd=checkout())
         rc = self._proc.wait()
         self._proc = None
         result = {"command": self.command, "returncode": rc, "log_dir": str(log_dir) if log_dir else None,
-                  "run_dir": _run_dir(self.command, self.args)}
+                  "run_dir": resolve_run_dir(self.command, self.args)}
         if rc != 0:
-            tail = ""
-            if log_dir and (log_dir / "job.log").is_file():
-                tail = "\n".join((log_dir / "job.log").read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"trixmed {self.command} exited with status {rc}" + (f"; job.log ends:\n{tail}" if tail else ""))
+            raise self._failure(rc)
         return result
 
+    def _failure(self, rc: int) -> RuntimeError:
+        tail = ""
+        if self._log_dir and (self._log_dir / "job.log").is_file():
+            tail = "\n".join((self._log_dir / "job.log").read_text(errors="replace").splitlines()[-20:])
+        return RuntimeError(f"trixmed {self.command} exited with status {rc}" + (f"; job.log ends:\n{tail}" if tail else ""))
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """submitit's preemption hook: stop job.sh (it stops trixmed and Ray, keeps the checkpoint)
-        and give submitit this same call to requeue."""
+        """submitit's preemption hook: stop job.sh (trixmed checkpoints its next step, Ray ends) and
+        give submitit this same call to requeue, unless job.sh says the job cannot progress.
+
+        submitit calls it from its signal handler, in the thread that `__call__` has blocked in
+        `Popen.wait()`: that wait holds the Popen's lock, so `poll()` here could never see the
+        exit. The child is watched with waitid(WNOWAIT) instead, which leaves it for that wait."""
         import submitit
 
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and _exit_status(proc.pid) is None:
             proc.send_signal(signal.SIGUSR1)
-            deadline = time.monotonic() + 120
-            while proc.poll() is None and time.monotonic() < deadline:
+            grace = float({**os.environ, **self.env}.get("TRIXMED_STOP_GRACE", 60))
+            deadline = time.monotonic() + grace + STOP_FALLBACK_S
+            while _exit_status(proc.pid) is None and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if _exit_status(proc.pid) == CANNOT_PROGRESS:
+                raise self._failure(CANNOT_PROGRESS)
         return submitit.helpers.DelayedSubmission(TrixmedJob(self.command, self.args, self.env))
+
+
+def _exit_status(pid: int) -> int | None:
+    """The exit status of our child `pid` once it has ended (None while it runs), without reaping it."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:   # already reaped
+        return -1
+    return None if info is None else info.si_status
 
 
 def plan_job(command: str, args: list[str], shape: list[str], env: dict[str, str]) -> list[str]:
@@ -138,8 +168,9 @@ def plan_job(command: str, args: list[str], shape: list[str], env: dict[str, str
         return [line.split(" ", 1)[1] for line in job_file.read_text().splitlines() if line.startswith("override ")]
 
 
-def _run_dir(command: str, args: list[str]) -> str | None:
-    """The run directory the command uses (config + overrides + --run-dir), for the job's result."""
+def resolve_run_dir(command: str, args: list[str]) -> str | None:
+    """The run directory the command uses (config + overrides + --run-dir): for the job's result,
+    and for job.sh's record of each attempt (slurm/attempt.py)."""
     from trixmed.cli import build_parser, parse_args
     from trixmed.commands.common import load_run_config
     from trixmed.errors import TrixmedError
@@ -150,27 +181,44 @@ def _run_dir(command: str, args: list[str]) -> str | None:
         return None
 
 
+def stop_grace(signal_delay_s: int, wanted: str | None = None) -> int:
+    """job.sh's grace (TRIXMED_STOP_GRACE) for a signal `signal_delay_s` before the limit: what is
+    left once its fallbacks and submitit's requeue are counted; a grace asked for must fit too."""
+    room = signal_delay_s - STOP_FALLBACK_S - REQUEUE_MARGIN_S
+    grace = int(wanted) if wanted else room
+    if grace > room or grace < 10:
+        raise ValueError(f"a stop signalled {signal_delay_s} s before the time limit leaves {room} s for trixmed "
+                         f"to stop by itself (TRIXMED_STOP_GRACE, at least 10): signal earlier (#SBATCH --signal)")
+    return grace
+
+
 def submit(command: str, args: list[str], *, executor: str = "slurm", folder: str | Path | None = None,
            nodes: int | None = None, gpus_per_node: int | None = None, cpus_per_task: int | None = None,
            time_min: int | None = None, partition: str | None = None, account: str | None = None,
            job_name: str | None = None, env: dict[str, str] | None = None,
-           additional: dict[str, Any] | None = None) -> Any:
+           additional: dict[str, Any] | None = None, max_requeues: int = 3,
+           max_stalled_attempts: int = 3) -> Any:
     """Submit `trixmed COMMAND ARGS` as the template's job; returns the submitit Job.
 
     Resources not given come from the template's `#SBATCH` lines; `additional` is passed to sbatch
-    as is (e.g. {"mem": "0", "constraint": "a100"})."""
+    as is (e.g. {"mem": "0", "constraint": "a100"}). `max_requeues`: requeues after the time limit
+    (submitit's max_num_timeout; a preemption is always requeued); `max_stalled_attempts`: attempts
+    in a row that save no work before the job ends (TRIXMED_MAX_STALLED_ATTEMPTS)."""
     import submitit
 
     res = sbatch_resources(command)
+    env = {"TRIXMED_MAX_STALLED_ATTEMPTS": str(max_stalled_attempts), **(env or {})}
     folder = Path(folder or checkout() / "logs" / "submitit")
     if executor not in ("slurm", "local"):
         raise ValueError(f"executor must be slurm or local, got {executor!r}")
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise RuntimeError("SLURM is not available here (no sbatch on PATH): use executor='local'")
-    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=executor)
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=executor,
+                               **({"slurm_max_num_timeout": max_requeues} if executor == "slurm" else {}))
     if executor == "slurm":
         signal_spec = res.get("signal", "B:USR1@300")
         delay = int(signal_spec.rsplit("@", 1)[1]) if "@" in signal_spec else 300
+        env["TRIXMED_STOP_GRACE"] = str(stop_grace(delay, env.get("TRIXMED_STOP_GRACE")))
         extra: dict[str, Any] = {"requeue": True, "chdir": str(checkout())}
         if partition:
             extra["partition"] = partition

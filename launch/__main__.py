@@ -32,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account")
     parser.add_argument("--job-name")
     parser.add_argument("--folder", help="submitit's folder (default logs/submitit; a sub-folder per job id)")
+    parser.add_argument("--max-requeues", type=int, default=3,
+                        help="requeues after the time limit (submitit's max_num_timeout; preemptions always requeue)")
+    parser.add_argument("--max-stalled-attempts", type=int, default=3,
+                        help="attempts in a row that save no work before the job is not requeued again")
     parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
     args, trixmed_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         job = submit(args.command, trixmed_args, executor=args.executor, folder=args.folder, nodes=args.nodes,
                      gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, time_min=args.time_min,
-                     partition=args.partition, account=args.account, job_name=args.job_name)
-    except RuntimeError as exc:   # no checkout, no SLURM: one line, as trixmed reports bad input
+                     partition=args.partition, account=args.account, job_name=args.job_name,
+                     max_requeues=args.max_requeues, max_stalled_attempts=args.max_stalled_attempts)
+    except (RuntimeError, ValueError) as exc:   # no checkout, no SLURM, no room to stop: one line, as trixmed reports bad input
         print(f"python -m launch: error: {exc}", file=sys.stderr)
         return 2
     print(f"submitted job {job.job_id} ({args.executor}): trixmed {args.command} {' '.join(trixmed_args)}")

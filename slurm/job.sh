@@ -8,17 +8,23 @@
 #   3. `trixmed run|tune …` as a driver of that cluster ($RAY_ADDRESS)
 #   4. the Ray steps are ended (never `ray stop`: that would end other jobs' Ray on shared nodes)
 #
-# Signals. SIGUSR1 (`#SBATCH --signal=B:USR1@T`, or `scancel --batch --signal=USR1`) means
-# "the time is nearly up": trixmed is stopped with SIGINT (its per-epoch checkpoints are already in
-# <run_dir>/.ray), Ray is stopped, and the job requeues itself with `scontrol requeue`; the next
-# attempt skips completed stages and resumes the phase from its last checkpoint. SIGTERM (scancel,
-# the time limit itself) stops the same way without requeueing. TRIXMED_REQUEUE=0 leaves the
-# requeue to the caller (launch/ does it through submitit).
+# Signals. SIGUSR1 (`#SBATCH --signal=B:USR1@T`: the time is nearly up) and SIGTERM (a preemption,
+# `scancel --batch`) stop the job without losing its work, and requeue it (`scontrol requeue`):
+# `trixmed run` gets the run directory's stop request, stops at its next optimizer step with a
+# checkpoint of that step and exits with status 75; after TRIXMED_STOP_GRACE seconds it is
+# interrupted instead (INT, then TERM, KILL: it resumes from its last checkpoint). `trixmed tune`
+# is interrupted at once (a requeued sweep restores its experiment). Ray is stopped, and the next
+# attempt skips completed stages and resumes the phase where it stopped. Worst case, the stop takes
+# TRIXMED_STOP_GRACE + 95 s (INT 15, TERM 15, the Ray steps 60, a margin). A job whose attempts
+# save no work (no new checkpoint, no finished stage) TRIXMED_MAX_STALLED_ATTEMPTS times in a row is
+# not requeued again, and ends with status 3. A SIGTERM of a cancelled job (plain scancel) does
+# not requeue; TRIXMED_REQUEUE=0 leaves the requeue to the caller (launch/ does it through submitit).
 #
 # Environment (all optional): TRIXMED_VENV (a venv to activate), TRIXMED_LOG_ROOT (default
 # $SLURM_SUBMIT_DIR/logs), TRIXMED_NODE_IFACE (the network interface Ray should use, e.g. ib0),
 # TRIXMED_RAY_DASHBOARD=true, TRIXMED_RAY_OBJECT_STORE_MB, TRIXMED_RAY_TMP_ROOT (default /tmp),
-# TRIXMED_STOP_GRACE (seconds trixmed gets to stop on a signal, default 60), TRIXMED_REQUEUE.
+# TRIXMED_STOP_GRACE (seconds trixmed gets to stop on a signal, default 60), TRIXMED_REQUEUE,
+# TRIXMED_MAX_STALLED_ATTEMPTS (default 3).
 set -uo pipefail
 # Everything below is one brace group, read whole before it runs: bash reads a script as it
 # goes, so editing this file (a git pull) while jobs run from it would otherwise change them mid-way.
@@ -86,33 +92,57 @@ stop_ray() {
   ray_steps=()
 }
 
+# the run directory's stop request (`trixmed run` only: a sweep's trials have their own); this
+# attempt's starting point is recorded for the count of attempts that saved no work
+stop_file=$("$TRIXMED_PYTHON" "$here/attempt.py" start "$TRIXMED_LOG_DIR" "$command" "$@") || tlog "could not record this attempt's start"
+[ "$command" = run ] || stop_file=""
+
 trixmed_pid=""
-# stop_trixmed: SIGINT first (Python unwinds, the driver disconnects and Ray ends its actors), then TERM
+# stop_trixmed: the stop request first (trixmed checkpoints its next step and exits), else SIGINT
+# (Python unwinds, the driver disconnects and Ray ends its actors); then TERM, KILL
 stop_trixmed() {
   [ -n "$trixmed_pid" ] || return 0
-  local sig grace
-  for sig in INT TERM KILL; do
+  local how wait_s=${TRIXMED_STOP_GRACE:-60}
+  for how in request INT TERM KILL; do
     kill -0 "$trixmed_pid" 2>/dev/null || break
-    kill -"$sig" "$trixmed_pid" 2>/dev/null
-    grace=$([ $sig = INT ] && echo "${TRIXMED_STOP_GRACE:-60}" || echo 15)
-    for _ in $(seq 1 $((grace * 5))); do kill -0 "$trixmed_pid" 2>/dev/null || break; sleep 0.2; done
+    if [ $how = request ]; then
+      [ -n "$stop_file" ] || continue
+      tlog "asking trixmed to stop at its next step: $stop_file"
+      mkdir -p "$(dirname "$stop_file")" && echo step > "$stop_file"
+    else
+      tlog "SIG$how to trixmed"
+      kill -"$how" "$trixmed_pid" 2>/dev/null
+    fi
+    for _ in $(seq 1 $((wait_s * 5))); do kill -0 "$trixmed_pid" 2>/dev/null || break; sleep 0.2; done
+    wait_s=15   # the grace is for the first way of stopping; each fallback gets 15 s
   done
   wait "$trixmed_pid" 2>/dev/null
+  local rc=$?
+  if [ $rc = 75 ]; then tlog "trixmed stopped at a step, with its checkpoint (status 75)"; else tlog "trixmed stopped with status $rc"; fi
   trixmed_pid=""
 }
 
 on_signal() {
   trap '' USR1 TERM INT
-  tlog "SIG$1 received: stopping trixmed (its last epoch checkpoint stays in the run directory)"
+  local requeue=${TRIXMED_REQUEUE:-1} status=143
+  [ "$1" = INT ] && requeue=0
+  # plain scancel also sends SIGTERM, to a job it has already marked cancelled: that one stays cancelled
+  [ "$1" = TERM ] && scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -q "JobState=CANCELLED" && requeue=0
+  tlog "SIG$1 received: stopping the job"
+  mark signal
   stop_trixmed
   stop_ray
-  if [ "$1" = USR1 ] && [ "${TRIXMED_REQUEUE:-1}" != 0 ]; then
+  if [ "$1" != INT ] && ! "$TRIXMED_PYTHON" "$here/attempt.py" stopped "$TRIXMED_LOG_DIR" \
+      --max-stalled "${TRIXMED_MAX_STALLED_ATTEMPTS:-3}"; then
+    requeue=0 status=3
+  fi
+  if [ "$requeue" != 0 ]; then
     tlog "requeueing job $SLURM_JOB_ID: attempt $((attempt + 1)) resumes from the checkpoint"
     mark requeue
     scontrol requeue "$SLURM_JOB_ID" || tlog "scontrol requeue failed: resubmit the same command to resume"
   fi
   mark job_end
-  exit 143
+  exit $status
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from trixmed.errors import TrixmedError
+from trixmed.errors import TrainingStopped, TrixmedError
 
 # name → (module with `add_arguments(parser)` and `main(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(module).main(args) or 0)
     except TrixmedError as exc:
         print(f"trixmed {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingStopped as exc:
+        print(f"trixmed {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
 
 

@@ -429,6 +429,11 @@ class TestHooksConfig:
     fail_at_step: int = -1
     # a Tune trial raises before it trains (a sweep goes on without it)
     fail_trial: bool = False
+    # rank 0 asks for a stop at a step (the run directory's stop request, as job.sh does on a
+    # signal) after this optimizer step of every phase; -1 = off
+    stop_at_step: int = -1
+    # every optimizer step sleeps this long: epochs long enough to signal a job in their middle
+    step_delay_s: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,3 +24,11 @@ class TrixmedError(Exception):
     def __reduce__(self) -> tuple[type, tuple[str | None, str]]:
         # a worker's error crosses to the driver pickled (Ray); the default would call __init__ with one argument
         return type(self), (self.where, self.problem)
+
+
+class TrainingStopped(Exception):
+    """A phase ended early because its run directory's stop request appeared (not an error): its
+    checkpoint is kept, and running the same command again resumes it."""
+
+    # EX_TEMPFAIL: the command stopped as asked and can be retried, which job.sh tells apart from a failure
+    exit_code = 75

@@ -39,6 +39,8 @@ from trixmed.io import read_json, write_json
 RUN_FILE = "run.json"
 MODEL_DIR = "model"          # inside a training phase's output
 HISTORY_FILE = "history.json"
+CHECKPOINT_STATE = "trainer_state.json"   # inside each training checkpoint
+STOP_AT_STEP = "step"   # the content of a stop request that should not wait for the epoch's end
 
 
 def hash_json(obj: Any) -> str:
@@ -193,9 +195,16 @@ class RunDir:
 
     @property
     def stop_request(self) -> Path:
-        """Created by whoever wants a training phase to stop (a sweep's scheduler, a preempted job):
-        the phase ends after the current epoch's checkpoint, unexported, and resumes when run again."""
+        """Created by whoever wants a training phase to stop, unexported, to resume when run again.
+        Empty (a sweep's scheduler): after the current epoch's checkpoint. Holding `STOP_AT_STEP`
+        (a signalled job): at the next optimizer step, with a checkpoint of that step."""
         return self.partial("stop")
+
+    def saved_work(self) -> list[tuple[str, int]]:
+        """What a later attempt would not redo: the stage records and the training checkpoints'
+        states under this directory, as (path, mtime). A change between two readings is progress."""
+        found = [p for name in (RUN_FILE, CHECKPOINT_STATE) for p in self.root.rglob(name)]
+        return sorted((str(p.relative_to(self.root)), p.stat().st_mtime_ns) for p in found)
 
     @property
     def ray_storage(self) -> Path:

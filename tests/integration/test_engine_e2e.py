@@ -33,6 +33,17 @@ def weights(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path / "model.safetensors"))
 
 
+def assert_same_warmup(got: Path, ref: Path, atol: float) -> None:
+    """The warm-up of run directory `got` trained as `ref`'s: step losses, validation, weights."""
+    a_history, b_history = (json.loads((root / "warmup" / "history.json").read_text()) for root in (got, ref))
+    for a, b in zip(a_history["epochs"], b_history["epochs"], strict=True):
+        np.testing.assert_allclose(a["step_losses"], b["step_losses"], atol=atol)
+        assert abs(a["val_jaccard"] - b["val_jaccard"]) <= atol
+    w_got, w_ref = weights(got / "warmup" / "model"), weights(ref / "warmup" / "model")
+    for k in w_ref:
+        np.testing.assert_allclose(w_got[k], w_ref[k], atol=atol)
+
+
 @pytest.fixture(scope="module")
 def reference(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
@@ -109,13 +120,7 @@ def test_killed_worker_restores_and_matches_uninterrupted_run(reference, tmp_pat
     cfg = tiny_cfg(tmp_path, f"test_hooks.fail_at_step={steps_per_epoch + 2}")
     run_stage(cfg, "warmup")
     assert (tmp_path / ".ray" / "fail_hook_fired").is_file()
-    got = json.loads((tmp_path / "warmup" / "history.json").read_text())
-    for a, b in zip(got["epochs"], ref["epochs"], strict=True):
-        np.testing.assert_allclose(a["step_losses"], b["step_losses"], atol=1e-4)
-        assert abs(a["val_jaccard"] - b["val_jaccard"]) <= 1e-4
-    w_got, w_ref = weights(tmp_path / "warmup" / "model"), weights(ref_root / "warmup" / "model")
-    for k in w_ref:
-        np.testing.assert_allclose(w_got[k], w_ref[k], atol=1e-4)
+    assert_same_warmup(tmp_path, ref_root, atol=1e-4)
 
 
 def test_one_worker_follows_the_two_worker_loss_curve(reference, tmp_path):
@@ -202,3 +207,31 @@ def test_a_worker_group_trains_run_after_run_like_ray_train(reference, tmp_path)
         assert not group.broken
     finally:
         group.close()
+
+
+def test_a_stop_request_mid_epoch_checkpoints_the_step_and_resumes_it_exactly(reference, tmp_path):
+    """A preempted job's stop: the run directory's stop request, seen after an optimizer step in the
+    middle of an epoch, ends the phase with a checkpoint of that step; running it again trains the
+    rest of that epoch from there and ends exactly where an uninterrupted run ends. Dropout is on,
+    so the per-rank random state has to be restored too."""
+    from trixmed.errors import TrainingStopped
+
+    ref_root, _ = reference
+    dropout = "model.codes.dropout=0.3"
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    for root in (straight, stopped):
+        shutil.copytree(ref_root / "dataset", root / "dataset")
+    run_stage(tiny_cfg(straight, dropout), "warmup")
+    ref = json.loads((straight / "warmup" / "history.json").read_text())
+    per_epoch = len(ref["epochs"][0]["step_losses"])
+    assert per_epoch >= 2
+    stop_at = per_epoch + 1   # the first step of epoch 2 of 2: neither epoch's end
+    with pytest.raises(TrainingStopped, match="warmup: stopped on request"):
+        run_stage(tiny_cfg(stopped, dropout, f"test_hooks.stop_at_step={stop_at}"), "warmup")
+    assert not (stopped / "warmup").exists()
+    (state,) = [json.loads(p.read_text()) for p in stopped.glob(".ray/warmup-*/checkpoint_*/trainer_state.json")]
+    assert state["global_step"] == stop_at and state["epoch"] == 1 and len(state["partial"]["step_losses"]) == 1
+    run_stage(tiny_cfg(stopped, dropout), "warmup")
+    progress = (stopped / "logs" / "warmup-progress.jsonl").read_text()
+    assert f"resumed from its checkpoint at step {stop_at} (epoch 2, step 1 of {per_epoch})" in progress
+    assert_same_warmup(stopped, straight, atol=1e-6)

@@ -43,8 +43,8 @@ def test_trixmed_parses_the_command_line_and_the_plan_derives_the_overrides(tmp_
     """launch/ passes trixmed's command line on whole: trixmed's parser finds the run directory,
     `trixmed plan --job` the overrides for the shape (a command-line override wins over its own)."""
     args = ["tune_spaces/demo_2x2.yaml", "--config", "configs/demo_cpu.yaml", "--force", "seed=3", "--run-dir", str(tmp_path)]
-    assert launch._run_dir("tune", args) == str(tmp_path)
-    assert launch._run_dir("tune", ["--no-such-flag"]) is None
+    assert launch.resolve_run_dir("tune", args) == str(tmp_path)
+    assert launch.resolve_run_dir("tune", ["--no-such-flag"]) is None
     run = ["--config", "configs/demo_cpu.yaml", *TINY, f"run_dir={tmp_path}", "plan.gpus_per_node=2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert launch.plan_job("run", run, ["--nodes", "2", "--gpus-per-node", "2"], env) == \
@@ -126,3 +126,61 @@ def test_installed_launch_without_a_checkout_says_so_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"python -m launch: error: no trixmed checkout (a folder with slurm/job.sh) in {tmp_path / 'site'}, "
                            f"{tmp_path}: run from the checkout's root or set TRIXMED_CHECKOUT\n")
+
+
+def test_stop_grace_fits_the_signal_window():
+    assert launch.stop_grace(300) == 300 - launch.STOP_FALLBACK_S - launch.REQUEUE_MARGIN_S
+    assert launch.stop_grace(300, "60") == 60
+    with pytest.raises(ValueError, match="a stop signalled 300 s before the time limit leaves 180 s"):
+        launch.stop_grace(300, "200")
+    with pytest.raises(ValueError, match="signal earlier"):
+        launch.stop_grace(120)
+
+
+def checkpoint_while_waiting(job: launch.TrixmedJob, status: int) -> tuple[dict, int]:
+    """Run `job.checkpoint` the way submitit does, from a signal handler that interrupts the same
+    thread's `Popen.wait()` on a stand-in job.sh that stops a second after USR1 with `status`."""
+    import signal
+    import time
+
+    job._proc = subprocess.Popen(["bash", "-c", f"trap 'sleep 1; kill $!; exit {status}' USR1; sleep 60 & wait"])
+    time.sleep(0.5)
+    outcome = {}
+
+    def handler(signum, frame):
+        t0 = time.monotonic()
+        try:
+            outcome["next"] = job.checkpoint()
+        finally:
+            outcome["seconds"] = time.monotonic() - t0
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.alarm(1)
+        try:
+            rc = job._proc.wait()   # as __call__ waits: no timeout, so the wait holds the Popen's lock
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+            rc = job._proc.wait()
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return outcome, rc
+
+
+def test_checkpoint_sees_job_sh_exit_while_its_own_thread_waits():
+    """It must see job.sh exit at once (not wait out its deadline), and leave the exit status to
+    the interrupted wait."""
+    job = launch.TrixmedJob("run", ["--config", "configs/demo_cpu.yaml"], {"TRIXMED_STOP_GRACE": "30"})
+    outcome, rc = checkpoint_while_waiting(job, 143)
+    assert outcome["seconds"] < 5 and rc == 143
+    assert isinstance(outcome["next"].function, launch.TrixmedJob) and outcome["next"].function.env == job.env
+
+
+def test_checkpoint_does_not_requeue_a_job_that_cannot_progress(tmp_path):
+    job = launch.TrixmedJob("run", ["--config", "configs/demo_cpu.yaml"], {"TRIXMED_STOP_GRACE": "30"})
+    job._log_dir = tmp_path
+    (tmp_path / "job.log").write_text("3 attempts in a row saved no work (no new checkpoint, no finished stage): ...\n")
+    outcome, rc = checkpoint_while_waiting(job, launch.CANNOT_PROGRESS)
+    assert rc == launch.CANNOT_PROGRESS and "next" not in outcome and outcome["seconds"] < 5
+    assert outcome["error"] == ("trixmed run exited with status 3; job.log ends:\n"
+                                "3 attempts in a row saved no work (no new checkpoint, no finished stage): ...")

@@ -158,40 +158,86 @@ def test_two_jobs_at_once_on_the_same_nodes_do_not_collide(pair):
     # same config, same seed, each on its own cluster: the same model (checked in the submitit test)
 
 
-def test_preempted_job_requeues_and_resumes_from_its_checkpoint(pair, slurm, job_logs, tmp_path):
-    ref = pair["sbatch"]["run_dir"]
-    run_dir = tmp_path / "run"
-    seed_run_dir(ref, run_dir, ("prepare", "warmup", "extract", "stratify"))
-    job_id = submit_train(slurm, job_logs, run_dir)
-    # wait for the experts phase's first persisted checkpoint, then send what
-    # `#SBATCH --signal=B:USR1@300` sends before the time limit
+# a signalled job's steps are slowed down, so that the signal lands in the middle of an epoch
+SLOW_STEPS = "test_hooks.step_delay_s=0.4"
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file being appended to (none while it does not exist)."""
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    return [json.loads(line) for line in lines if line.endswith("\n")]
+
+
+def signal_mid_epoch(slurm, logs: Path, name: str, job_id: str, run_dir: Path, send: list[str]) -> None:
+    """Once the experts phase is past its first epoch and in the middle of one, run `send`."""
     deadline = time.monotonic() + 300
-    seen = 0
-    while not seen:
-        for snap in run_dir.glob(".ray/experts-*/checkpoint_manager_snapshot.json"):
-            try:
-                seen = json.loads(snap.read_text())["latest_checkpoint_result"]["metrics"]["epoch"]
-            except (ValueError, KeyError, TypeError):
-                pass   # being written
-        assert time.monotonic() < deadline, f"no experts checkpoint:\n{job_log(job_logs, 'trixmed-train', job_id)[-3000:]}"
-        assert slurm.job(job_id)["JobState"] in ("PENDING", "RUNNING"), job_log(job_logs, "trixmed-train", job_id)[-3000:]
-        time.sleep(0.2)
-    slurm.run("scancel", "--batch", "--signal=USR1", job_id)
-    state = slurm.wait(job_id, timeout=420)
-    text = job_log(job_logs, "trixmed-train", job_id)
-    info = slurm.job(job_id)
-    assert state == "COMPLETED" and info["Restarts"] == "1", f"{state}, restarts {info['Restarts']}:\n{text[-4000:]}"
-    assert "SIGUSR1 received" in text and f"requeueing job {job_id}" in text and "attempt 2 on node1 node2" in text
-    resumed = [int(n) for n in re.findall(r"\[experts\] resumed from its checkpoint after epoch (\d+)", text)]
-    assert len(resumed) == 1 and seen <= resumed[0] < 5, (seen, resumed)
-    # the second attempt trained only the epochs after the checkpoint, and ended where an
-    # uninterrupted run ends
+    while True:
+        events = json_lines(RunDir(run_dir).progress("experts"))
+        total = [e["total_steps"] for e in events if e["kind"] == "phase"]
+        steps = [e["position"] for e in events if e["kind"] == "step"]
+        if total and steps:
+            per_epoch = total[-1] // 5
+            if steps[-1] > per_epoch and 2 <= steps[-1] % per_epoch <= per_epoch - 3:
+                break
+        assert time.monotonic() < deadline, f"experts never got going:\n{job_log(logs, name, job_id)[-3000:]}"
+        assert slurm.job(job_id)["JobState"] in ("PENDING", "RUNNING"), job_log(logs, name, job_id)[-3000:]
+        time.sleep(0.1)
+    slurm.run(*send)
+
+
+def assert_resumed_at_the_step_it_stopped(text: str, run_dir: Path, ref: Path) -> None:
+    """The first attempt stopped at a step inside an epoch with its checkpoint, the second resumed
+    at that very step (nothing trained twice, nothing skipped), and the run ends as the reference."""
+    assert "trixmed stopped at a step, with its checkpoint (status 75)" in text, text[-4000:]
+    (stopped,) = [int(n) for n in re.findall(r"\[experts\] stop requested: stopped at step (\d+)", text)]
+    (resumed,) = re.findall(r"\[experts\] resumed from its checkpoint at step (\d+) \(epoch \d+, step (\d+) of (\d+)\)", text)
+    assert int(resumed[0]) == stopped and 0 < int(resumed[1]) < int(resumed[2]), (stopped, resumed)
     history = json.loads((run_dir / "experts" / "history.json").read_text())
     reference = json.loads((ref / "experts" / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4, 5]
     for got, want in zip(history["epochs"], reference["epochs"], strict=True):
-        assert got["step_losses"] == pytest.approx(want["step_losses"], abs=1e-5)
+        assert got["step_losses"] == pytest.approx(want["step_losses"], abs=1e-6)
     assert_same_metrics(run_dir, ref)
+
+
+@pytest.mark.parametrize("sig", ["USR1", "TERM"])
+def test_signalled_job_stops_at_a_step_requeues_and_resumes_from_it(pair, slurm, job_logs, tmp_path, sig):
+    """USR1: what `#SBATCH --signal=B:USR1@300` sends before the time limit; TERM: a preemption
+    (sent to the batch shell, as `scancel --batch` and PreemptParameters=send_user_signal do)."""
+    ref = pair["sbatch"]["run_dir"]
+    run_dir = tmp_path / "run"
+    seed_run_dir(ref, run_dir, ("prepare", "warmup", "extract", "stratify"))
+    job_id = submit_train(slurm, job_logs, run_dir, SLOW_STEPS)
+    signal_mid_epoch(slurm, job_logs, "trixmed-train", job_id, run_dir, ["scancel", "--batch", f"--signal={sig}", job_id])
+    state = slurm.wait(job_id, timeout=420)
+    text = job_log(job_logs, "trixmed-train", job_id)
+    info = slurm.job(job_id)
+    assert state == "COMPLETED" and info["Restarts"] == "1", f"{state}, restarts {info['Restarts']}:\n{text[-4000:]}"
+    assert f"SIG{sig} received" in text and f"requeueing job {job_id}" in text and "attempt 2 on node1 node2" in text
+    assert_resumed_at_the_step_it_stopped(text, run_dir, ref)
+
+
+def test_a_job_that_saves_no_work_stops_requeueing_after_the_cap(pair, slurm, job_logs, tmp_path):
+    """Signalled before it trains a step, attempt after attempt: the second such attempt in a row
+    (TRIXMED_MAX_STALLED_ATTEMPTS=2) ends the job instead of requeueing it again."""
+    run_dir = tmp_path / "run"
+    seed_run_dir(pair["sbatch"]["run_dir"], run_dir, ("prepare", "warmup", "extract", "stratify"))
+    job_id = slurm.sbatch([*SBATCH, f"--output={job_logs}/%x-%j.out", "slurm/train.sbatch", *JOB_ARGS, f"run_dir={run_dir}"],
+                          env={**job_env(job_logs), "TRIXMED_MAX_STALLED_ATTEMPTS": "2"})
+    timeline = log_dir(job_logs, "trixmed-train", job_id) / "timeline.jsonl"
+    deadline = time.monotonic() + 300
+    for attempt in (1, 2):
+        # the plan is done (the signal handler is in place), Ray is starting: no training yet
+        while ("plan_done", attempt) not in [(e["event"], e["attempt"]) for e in json_lines(timeline)]:
+            assert time.monotonic() < deadline, job_log(job_logs, "trixmed-train", job_id)[-3000:]
+            time.sleep(0.2)
+        slurm.run("scancel", "--batch", "--signal=USR1", job_id)
+    state = slurm.wait(job_id, timeout=300)
+    text = job_log(job_logs, "trixmed-train", job_id)
+    assert state == "FAILED" and slurm.job(job_id)["Restarts"] == "1", text[-4000:]
+    assert ("2 attempts in a row saved no work (no new checkpoint, no finished stage): not requeueing again "
+            "(TRIXMED_MAX_STALLED_ATTEMPTS=2)") in text
+    assert text.count(f"requeueing job {job_id}") == 1
 
 
 def test_submitit_runs_the_same_job(pair):
@@ -208,6 +254,36 @@ def test_submitit_runs_the_same_job(pair):
     assert "world size 2 on CPU (gloo)" in text and "trixmed run exited with status 0" in text
     assert json.loads((job["logs"] / "placement.json").read_text())["train_worker_ips"] == NODE_IPS
     assert_same_metrics(job["run_dir"], pair["sbatch"]["run_dir"])
+
+
+def test_submitit_job_preempted_mid_epoch_requeues_and_resumes_from_its_step(pair, slurm, job_logs, tmp_path):
+    """submitit's own preemption signal (USR2 to every step, as `#SBATCH --signal=USR2@300` or
+    `job._interrupt()` sends it): TrixmedJob.checkpoint stops job.sh at a step and submitit requeues."""
+    import launch
+
+    ref = pair["sbatch"]["run_dir"]
+    run_dir = tmp_path / "run"
+    seed_run_dir(ref, run_dir, ("prepare", "warmup", "extract", "stratify"))
+    saved = dict(os.environ)
+    os.environ.update({"SLURM_CONF": slurm.env["SLURM_CONF"], **job_env(job_logs)})
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        os.environ.pop(key, None)
+    try:
+        sub = launch.submit("run", [*JOB_ARGS, f"run_dir={run_dir}", SLOW_STEPS], nodes=2, cpus_per_task=1, time_min=20,
+                            folder=tmp_path / "submitit-folder", max_requeues=1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    signal_mid_epoch(slurm, job_logs, "trixmed-train", sub.job_id, run_dir, ["scancel", sub.job_id, "--signal", "USR2"])
+    state = slurm.wait(sub.job_id, timeout=420)
+    text = job_log(job_logs, "trixmed-train", sub.job_id)
+    info = slurm.job(sub.job_id)
+    assert state == "COMPLETED" and info["Restarts"] == "1", f"{state}, restarts {info['Restarts']}:\n{text[-4000:]}"
+    assert "SIGUSR1 received" in text and "requeueing job" not in text   # submitit requeued it
+    submitit_log = "".join(p.read_text() for p in (tmp_path / "submitit-folder" / sub.job_id).glob("*_0_log.*"))
+    assert "this job is preempted" in submitit_log and "Requeued job" in submitit_log
+    assert sub.results()[0]["returncode"] == 0
+    assert_resumed_at_the_step_it_stopped(text, run_dir, ref)
 
 
 def test_tune_sbatch_runs_the_2x2_sweep(pair, slurm, job_logs, tmp_path):

@@ -92,7 +92,8 @@ class DeepSpeedStrategy:
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64)
+        # on this rank's device: NCCL, the GPU backend, reduces no host tensors
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -100,9 +101,10 @@ class DeepSpeedStrategy:
         """Row j of rank r's `local` becomes row j*world + r (the order of `shard_for_eval`)."""
         import torch.distributed as dist
 
+        local = local.to(self.device)   # as in all_reduce_sum: NCCL gathers device tensors only
         gathered = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local)
-        return torch.stack(gathered, 1).reshape(-1, local.shape[1])
+        return torch.stack(gathered, 1).reshape(-1, local.shape[1]).cpu()
 
     def barrier(self) -> None:
         import torch.distributed as dist

@@ -15,12 +15,9 @@ from typing import Any
 
 from trixmed.config import Config, DistributedConfig, to_dict
 from trixmed.console import Console
+from trixmed.errors import TrainingStopped
 from trixmed.run_dir import HISTORY_FILE, RunDir
 from trixmed.train.ray_session import ensure_ray, wait_for_resources, workers_log_dir
-
-
-class TrainingStopped(Exception):
-    """A phase ended early because its run directory's stop request appeared (not an error)."""
 
 
 def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None,

@@ -33,15 +33,15 @@ import torch
 from trixmed.config import Config, PhaseConfig, from_dict
 from trixmed.console import redirect_output
 from trixmed.data.dataset import Dataset, Sample
-from trixmed.run_dir import HISTORY_FILE, MODEL_DIR, RunDir
+from trixmed.run_dir import CHECKPOINT_STATE, HISTORY_FILE, MODEL_DIR, STOP_AT_STEP, RunDir
 from trixmed.train.deepspeed_config import grad_accumulation_steps
 from trixmed.train.deepspeed_strategy import DeepSpeedStrategy
 from trixmed.train.inference import collator_for
 from trixmed.train.progress import ProgressReporter
 from trixmed.train.sampling import epoch_micro_batches, patient_fraction, shard_for_eval, steps_per_epoch
 
-STATE_FILE = "trainer_state.json"
 BEST_DIR = "best_model"
+RNG_FILE = "rng-rank{rank}.pt"   # a step checkpoint's per-rank random state (dropout, noise)
 
 
 def phase_samples(cfg: Config, ds: Dataset, phase: str) -> tuple[list[Sample], list[Sample]]:
@@ -113,8 +113,11 @@ class Trainer:
         self.scratch = Path(tempfile.mkdtemp(prefix="trixmed-best-"))
         self.writer: Any = None   # rank 0's TensorBoard writer, opened by setup
         self.epoch_tokens = 0.0   # tokens the last epoch fed the model, summed over ranks (hf backbone)
+        self.rng: dict[str, Any] = {}   # this rank's random state where a step checkpoint stopped
+        # "epoch": epochs finished; "partial": the steps of the next epoch already trained, when a
+        # stop request ended the run in its middle (global step losses, tokens, seconds)
         self.state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_jaccard": -1.0, "best_epoch": -1,
-                                      "bad_epochs": 0, "stopped": False, "history": []}
+                                      "bad_epochs": 0, "stopped": False, "history": [], "partial": None}
 
     # ---------------------------------------------------------------------------------------
     # setup
@@ -152,11 +155,16 @@ class Trainer:
             return
         with checkpoint.as_directory() as d:
             self.strategy.load_checkpoint(self.engine, d)
-            self.state = json.loads((Path(d) / STATE_FILE).read_text())
+            self.state = {"partial": None, **json.loads((Path(d) / CHECKPOINT_STATE).read_text())}
+            if self.state["partial"]:
+                self.rng = torch.load(Path(d) / RNG_FILE.format(rank=self.rank))
             if self.rank == 0 and (Path(d) / BEST_DIR).is_dir():
                 shutil.copytree(Path(d) / BEST_DIR, self.scratch / BEST_DIR)
-        self.progress.event("message", text=f"[{self.phase}] resumed from its checkpoint after epoch "
-                                            f"{self.state['epoch']} (step {self.state['global_step']})")
+        partial = self.state["partial"]
+        where = (f"at step {self.state['global_step']} (epoch {self.state['epoch'] + 1}, step "
+                 f"{len(partial['step_losses'])} of {self.steps_per_epoch})" if partial else
+                 f"after epoch {self.state['epoch']} (step {self.state['global_step']})")
+        self.progress.event("message", text=f"[{self.phase}] resumed from its checkpoint {where}")
 
     # ---------------------------------------------------------------------------------------
     # the loop
@@ -164,7 +172,11 @@ class Trainer:
     def fit(self) -> None:
         self.setup()
         for epoch in self.epochs():
-            self.run_epoch(epoch)
+            if self.run_epoch(epoch) is None:
+                self.progress.event("message", text=f"[{self.phase}] stop requested: stopped at step "
+                                                    f"{self.state['global_step']}, resumable from its checkpoint")
+                self.close()
+                return   # unexported, as below
             if self.stop_requested():
                 self.progress.event("message", text=f"[{self.phase}] stop requested: ends after epoch {epoch + 1}, "
                                                     "resumable from its checkpoint")
@@ -174,9 +186,13 @@ class Trainer:
                 break
         self.export()
 
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
-        """Train, validate, keep the best weights, checkpoint and report: one epoch, on every rank."""
-        step_losses, train_s = self.train_epoch(epoch)
+    def run_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """Train, validate, keep the best weights, checkpoint and report: one epoch, on every rank.
+        None: a stop request ended it at a step, whose checkpoint has been reported instead."""
+        trained = self.train_epoch(epoch)
+        if trained is None:
+            return None
+        step_losses, train_s = trained
         t0 = time.perf_counter()
         val_jaccard = self.validate()
         record = self.end_epoch(epoch, step_losses, train_s, val_jaccard, time.perf_counter() - t0)
@@ -186,11 +202,16 @@ class Trainer:
                                                 f"{self.state['bad_epochs']} epochs")
         return record
 
-    def stop_requested(self) -> bool:
-        """Whether the run directory's stop request exists, agreed by every rank (one collective)."""
+    def stop_requested(self, at_step: bool = False) -> bool:
+        """Whether the run directory's stop request exists (`at_step`: one that asks for a stop at the
+        next optimizer step), agreed by every rank (one collective)."""
         path = self.spec.get("stop_file")
-        seen = 1.0 if path and Path(path).exists() else 0.0
-        return self.strategy.all_reduce_sum([seen])[0] > 0
+        try:
+            request = Path(path).read_text() if path else None
+        except FileNotFoundError:
+            request = None
+        seen = request is not None and (not at_step or request.strip() == STOP_AT_STEP)
+        return self.strategy.all_reduce_sum([float(seen)])[0] > 0
 
     def epochs(self) -> range:
         return range(self.state["epoch"], 0 if self.state["stopped"] else self.pcfg.epochs)
@@ -204,16 +225,28 @@ class Trainer:
         cl = [self.clusters[s.visit_key] for s in chosen] if self.clusters is not None else None
         return self.strategy.to_device(self.collate(chosen, cl))
 
-    def train_epoch(self, epoch: int) -> tuple[list[float], float]:
-        """One epoch of optimizer steps; returns each step's global-batch loss and the seconds spent."""
-        # reseed per epoch so dropout replays identically after a restore from this epoch's start
-        torch.manual_seed(self.cfg.seed + 1000 * epoch + self.rank)
+    def train_epoch(self, epoch: int) -> tuple[list[float], float] | None:
+        """One epoch of optimizer steps; returns each step's global-batch loss and the seconds spent.
+        A run that checkpoints looks for a step stop request after every step: on one, it reports a
+        checkpoint of that step and returns None."""
+        # an epoch a stop request ended in its middle goes on from its next step, with the random
+        # state it had there; otherwise reseed per epoch so dropout replays identically after a
+        # restore from this epoch's start
+        done = self.state["partial"] or {"step_losses": [], "tokens": 0.0, "train_s": 0.0}
+        self.state["partial"] = None
+        if done["step_losses"]:
+            torch.set_rng_state(self.rng["cpu"])
+            if self.rng["cuda"] is not None:
+                torch.cuda.set_rng_state(self.rng["cuda"], self.strategy.device)
+        else:
+            torch.manual_seed(self.cfg.seed + 1000 * epoch + self.rank)
         engine = self.engine
         engine.train()
         t0 = time.perf_counter()
         local_losses: list[float] = []
         local_tokens = 0
-        for micro_batches in self._micro_batches(epoch):
+        check_stop = self.session.checkpoints
+        for micro_batches in self._micro_batches(epoch)[len(done["step_losses"]):]:
             self._maybe_fail()
             loss_sum, tokens = 0.0, 0
             for idx in micro_batches:
@@ -230,10 +263,23 @@ class Trainer:
             local_tokens += tokens
             self.state["global_step"] += 1
             self.progress.step(self.state["global_step"], epoch=epoch + 1, loss=f"{local_losses[-1]:.4f}")
-        # one collective per epoch, not per step: a step's loss = mean over every micro-batch of
-        # every rank = the loss of the global batch; the token count rides along
-        *sums, self.epoch_tokens = self.strategy.all_reduce_sum([*local_losses, float(local_tokens)])
-        return [v / self.world for v in sums], time.perf_counter() - t0
+            self._test_hooks_after_step()
+            if check_stop and self.stop_requested(at_step=True):
+                self.state["partial"] = self._reduce_steps(done, local_losses, local_tokens, t0)
+                self.save_step_checkpoint()
+                return None
+        part = self._reduce_steps(done, local_losses, local_tokens, t0)
+        self.epoch_tokens = part["tokens"]
+        return part["step_losses"], part["train_s"]
+
+    def _reduce_steps(self, done: dict[str, Any], local_losses: list[float], local_tokens: int,
+                      t0: float) -> dict[str, Any]:
+        """The epoch's steps so far, every rank's: those of an earlier attempt (`done`) and these.
+        One collective for all the steps, not one per step: a step's loss = mean over every
+        micro-batch of every rank = the loss of the global batch; the token count rides along."""
+        *sums, tokens = self.strategy.all_reduce_sum([*local_losses, float(local_tokens)])
+        return {"step_losses": done["step_losses"] + [v / self.world for v in sums], "tokens": done["tokens"] + tokens,
+                "train_s": done["train_s"] + time.perf_counter() - t0}
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -306,10 +352,27 @@ class Trainer:
         if not self.session.checkpoints:
             self.session.report(metrics, None)
             return
+        self._report_checkpoint(metrics)
+
+    def save_step_checkpoint(self) -> None:
+        """A checkpoint in the middle of an epoch (a stop request): what `save_checkpoint` keeps, the
+        epoch's steps so far (`state["partial"]`) and each rank's random state, so the rest of the
+        epoch replays as it would have. The report's metrics say where it stopped."""
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.strategy.device) if self.strategy.device.type == "cuda" else None}
+        self._report_checkpoint({"epoch": self.state["epoch"], "global_step": self.state["global_step"],
+                                 "step_in_epoch": len(self.state["partial"]["step_losses"])},
+                                {RNG_FILE.format(rank=self.rank): rng})
+
+    def _report_checkpoint(self, metrics: dict[str, Any], rank_files: dict[str, Any] | None = None) -> None:
+        """Report `metrics` with a checkpoint: DeepSpeed state of every rank, `rank_files` of this
+        rank (torch.save), and from rank 0 the trainer state and the best weights so far."""
         with tempfile.TemporaryDirectory(prefix="trixmed-ckpt-") as tmp:
             self.strategy.save_checkpoint(self.engine, tmp)
+            for name, value in (rank_files or {}).items():
+                torch.save(value, Path(tmp) / name)
             if self.rank == 0:
-                (Path(tmp) / STATE_FILE).write_text(json.dumps(self.state))
+                (Path(tmp) / CHECKPOINT_STATE).write_text(json.dumps(self.state))
                 if (self.scratch / BEST_DIR).is_dir():
                     shutil.copytree(self.scratch / BEST_DIR, Path(tmp) / BEST_DIR)
             self.session.report(metrics, tmp)
@@ -335,6 +398,16 @@ class Trainer:
             self.writer.close()
             self.writer = None
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _test_hooks_after_step(self) -> None:
+        """Test hooks `test_hooks.step_delay_s` (a slow step) and `test_hooks.stop_at_step` (rank 0
+        asks for a stop at this step, as job.sh does on a signal)."""
+        hooks = self.cfg.test_hooks
+        if hooks.step_delay_s:
+            time.sleep(hooks.step_delay_s)
+        if hooks.stop_at_step == self.state["global_step"] and self.rank == 0:
+            Path(self.spec["stop_file"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.spec["stop_file"]).write_text(STOP_AT_STEP)
 
     def _maybe_fail(self) -> None:
         """Test hook `test_hooks.fail_at_step`: the last rank dies once, as a lost worker would."""

@@ -42,7 +42,7 @@ def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
     `leases`: the name of the sweep's `WorkerLeases` actor (None: each trial runs Ray Train)."""
     from ray import tune
 
-    from trixmed.train.ray_fit import TrainingStopped
+    from trixmed.errors import TrainingStopped
 
     context = tune.get_context()
     # the trial's directory in the experiment (shared storage on a cluster), not Tune's local copy
