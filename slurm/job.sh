@@ -24,7 +24,9 @@
 # $SLURM_SUBMIT_DIR/logs), TRIXMED_NODE_IFACE (the network interface Ray should use, e.g. ib0),
 # TRIXMED_RAY_DASHBOARD=true, TRIXMED_RAY_OBJECT_STORE_MB, TRIXMED_RAY_TMP_ROOT (default /tmp),
 # TRIXMED_STOP_GRACE (seconds trixmed gets to stop on a signal, default 60), TRIXMED_REQUEUE,
-# TRIXMED_MAX_STALLED_ATTEMPTS (default 3).
+# TRIXMED_MAX_STALLED_ATTEMPTS (default 3), TRIXMED_CONTAINER (a command prefix that runs a command
+# in the job's container, e.g. `apptainer exec --nv /shared/trixmed.sif`: the plan, the Ray nodes
+# and trixmed run through it, this script stays on the host with the site's SLURM tools).
 set -uo pipefail
 # Everything below is one brace group, read whole before it runs: bash reads a script as it
 # goes, so editing this file (a git pull) while jobs run from it would otherwise change them mid-way.
@@ -46,7 +48,9 @@ if [ -n "${TRIXMED_VENV:-}" ]; then
 fi
 TRIXMED=${TRIXMED:-trixmed}
 export TRIXMED_PYTHON=${TRIXMED_PYTHON:-python} TRIXMED_RAY=${TRIXMED_RAY:-ray}
-command -v "$TRIXMED" >/dev/null || tdie "'$TRIXMED' is not on PATH: activate the venv before sbatch or set TRIXMED_VENV"
+if [ -z "${TRIXMED_CONTAINER:-}" ]; then
+  command -v "$TRIXMED" >/dev/null || tdie "'$TRIXMED' is not on PATH: activate the venv before sbatch or set TRIXMED_VENV"
+fi
 
 # --- one log directory per job (a requeued job keeps its id, so its attempts share it) ---------
 export TRIXMED_LOG_DIR=${TRIXMED_LOG_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}/logs}/${SLURM_JOB_NAME:-trixmed}-$SLURM_JOB_ID
@@ -94,7 +98,7 @@ stop_ray() {
 
 # the run directory's stop request (`trixmed run` only: a sweep's trials have their own); this
 # attempt's starting point is recorded for the count of attempts that saved no work
-stop_file=$("$TRIXMED_PYTHON" "$here/attempt.py" start "$TRIXMED_LOG_DIR" "$command" "$@") || tlog "could not record this attempt's start"
+stop_file=$(in_container "$TRIXMED_PYTHON" "$here/attempt.py" start "$TRIXMED_LOG_DIR" "$command" "$@") || tlog "could not record this attempt's start"
 [ "$command" = run ] || stop_file=""
 
 trixmed_pid=""
@@ -132,7 +136,7 @@ on_signal() {
   mark signal
   stop_trixmed
   stop_ray
-  if [ "$1" != INT ] && ! "$TRIXMED_PYTHON" "$here/attempt.py" stopped "$TRIXMED_LOG_DIR" \
+  if [ "$1" != INT ] && ! in_container "$TRIXMED_PYTHON" "$here/attempt.py" stopped "$TRIXMED_LOG_DIR" \
       --max-stalled "${TRIXMED_MAX_STALLED_ATTEMPTS:-3}"; then
     requeue=0 status=3
   fi
@@ -155,7 +159,7 @@ trap 'on_signal INT' INT
 # training worker per GPU; an override given on the command line wins) and whether the command
 # asked for the dashboard. Nothing here parses trixmed's arguments.
 job_file=$TRIXMED_LOG_DIR/plan.job
-if ! "$TRIXMED" plan --slurm --job-file "$job_file" --job "$command" "$@"; then
+if ! in_container "$TRIXMED" plan --slurm --job-file "$job_file" --job "$command" "$@"; then
   tlog "trixmed plan refused this job's shape: not starting Ray"
   mark job_end
   exit 2
@@ -185,7 +189,7 @@ export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEO
 # keeps other users on a shared node out of this job's cluster
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
-  RAY_AUTH_TOKEN=$("$TRIXMED_PYTHON" -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN
+  RAY_AUTH_TOKEN=$(in_container "$TRIXMED_PYTHON" -c 'import secrets; print(secrets.token_hex(32))'); export RAY_AUTH_TOKEN
 fi
 tlog "Ray head $RAY_ADDRESS on $head_node (client port $TRIXMED_RAY_CLIENT_PORT, dashboard port $TRIXMED_RAY_DASHBOARD_PORT)"
 if [ "${TRIXMED_RAY_DASHBOARD:-false}" = true ]; then
@@ -197,9 +201,11 @@ fi
 # changed between SLURM releases); --overlap lets them share CPUs, memory and GPUs with the batch step
 step_gres=()
 [ "$gpn" -gt 0 ] && step_gres=(--gres="gpu:$gpn")
+container=()   # each Ray node runs inside the container too (an srun step runs a program, not in_container)
+[ -n "${TRIXMED_CONTAINER:-}" ] && read -r -a container <<< "$TRIXMED_CONTAINER"
 t_cluster=$(date +%s.%N)
 srun --overlap -N1 -n1 -w "$head_node" "${step_gres[@]}" --job-name=trixmed-ray-head --output="$TRIXMED_LOG_DIR/ray-head-$head_node.log" \
-  bash "$here/ray-node.sh" head 0 &
+  "${container[@]}" bash "$here/ray-node.sh" head 0 &
 ray_steps+=($!)
 # the GCS must listen before workers join (they would retry, but a fast failure reads better)
 for _ in $(seq 1 600); do
@@ -211,10 +217,10 @@ k=0
 for n in "${workers[@]}"; do
   k=$((k + 1))
   srun --overlap -N1 -n1 -w "$n" "${step_gres[@]}" --job-name=trixmed-ray-worker --output="$TRIXMED_LOG_DIR/ray-worker-$n.log" \
-    bash "$here/ray-node.sh" worker "$k" &
+    "${container[@]}" bash "$here/ray-node.sh" worker "$k" &
   ray_steps+=($!)
 done
-if ! "$TRIXMED_PYTHON" "$here/ray_cluster.py" wait --nodes "${#nodes[@]}" --timeout "${TRIXMED_RAY_JOIN_TIMEOUT:-180}" \
+if ! in_container "$TRIXMED_PYTHON" "$here/ray_cluster.py" wait --nodes "${#nodes[@]}" --timeout "${TRIXMED_RAY_JOIN_TIMEOUT:-180}" \
     --out "$TRIXMED_LOG_DIR/nodes.json"; then
   stop_ray; exit 1
 fi
@@ -224,14 +230,14 @@ tlog "Ray cluster up in $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t_clust
 
 # --- 3. trixmed ----------------------------------------------------------------------------------
 mark trixmed_start
-"$TRIXMED" "$command" "$@" "${extra[@]}" &
+in_container "$TRIXMED" "$command" "$@" "${extra[@]}" &
 trixmed_pid=$!
 wait "$trixmed_pid"
 rc=$?
 trixmed_pid=""
 mark trixmed_end
 tlog "trixmed $command exited with status $rc"
-"$TRIXMED_PYTHON" "$here/ray_cluster.py" placement --out "$TRIXMED_LOG_DIR/placement.json" \
+in_container "$TRIXMED_PYTHON" "$here/ray_cluster.py" placement --out "$TRIXMED_LOG_DIR/placement.json" \
   || tlog "could not read where the actors ran"
 
 # --- 4. shutdown ----------------------------------------------------------------------------------

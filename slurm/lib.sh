@@ -89,3 +89,13 @@ dashboard_info() {
   } > "$TRIXMED_LOG_DIR/dashboard.txt"
   while IFS= read -r line; do tlog "Ray dashboard $line"; done < "$TRIXMED_LOG_DIR/dashboard.txt"
 }
+
+# in_container CMD…: CMD inside the job's container when TRIXMED_CONTAINER names a command prefix
+# (`apptainer exec --nv /shared/trixmed.sif`, `podman exec trixmed`), on the host otherwise. job.sh
+# itself stays on the host, where srun/scontrol/squeue/scancel talk to the site's SLURM; what needs
+# trixmed's Python (the plan, the Ray nodes, the driver) runs through this.
+in_container() {
+  local prefix=()
+  [ -n "${TRIXMED_CONTAINER:-}" ] && read -r -a prefix <<< "$TRIXMED_CONTAINER"
+  "${prefix[@]}" "$@"
+}

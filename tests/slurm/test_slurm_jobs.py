@@ -361,10 +361,14 @@ def test_readme_flagship_command_on_fake_gpus_plans_and_trains_one_worker_per_gp
     # whole CPU each fills both nodes' 2 CPUs, so Ray places two on each as GPUs would (CPU-only
     # workers of half a CPU would all be packed on one node)
     tiny = [o for o in JOB_ARGS if not o.startswith("distributed.num_workers=")]
+    # through the container hook, as under apptainer: a runtime that records each call, then runs it
+    runtime = tmp_path / "runtime"
+    runtime.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "container-calls"}\nshift\nexec "$@"\n')
+    runtime.chmod(0o755)
     job_id = slurm.sbatch(["--nodes=2", f"--gpus-per-node={GPUS}", "--cpus-per-task=2", "--time=20",
                            f"--output={job_logs}/%x-%j.out", "slurm/train.sbatch", "--dashboard", *tiny, f"run_dir={run_dir}",
                            "warmup.micro_batch_size=2", "experts.micro_batch_size=2", "experts.epochs=2"],
-                          env={**job_env(job_logs), **FAKE_GPUS})
+                          env={**job_env(job_logs), **FAKE_GPUS, "TRIXMED_CONTAINER": f"{runtime} --image=trixmed.sif"})
     state = slurm.wait(job_id, timeout=600)
     logs = log_dir(job_logs, "trixmed-train", job_id)
     text = job_log(job_logs, "trixmed-train", job_id)
@@ -379,6 +383,12 @@ def test_readme_flagship_command_on_fake_gpus_plans_and_trains_one_worker_per_gp
     assert [n["gpus"] for n in json.loads((logs / "nodes.json").read_text())["nodes"]] == [GPUS, GPUS]
     assert json.loads((logs / "placement.json").read_text())["train_worker_ips"] == NODE_IPS
     assert json.loads((run_dir / "experts" / "history.json").read_text())["world_size"] == 4
+    # the plan, both Ray nodes and the driver ran in the container
+    calls = (tmp_path / "container-calls").read_text().splitlines()
+    assert all(c.startswith("--image=trixmed.sif ") for c in calls)
+    assert sum(" plan --slurm " in c for c in calls) == 1
+    assert sorted(c.split()[-2] for c in calls if "ray-node.sh" in c) == ["head", "worker"]
+    assert sum(c.split()[1:3] == ["trixmed", "run"] for c in calls) == 1
     # the dashboard: where it is, how to reach it, and the job's token (its owner's only)
     head = re.search(r"Ray head \S+ on node1 \(client port \d+, dashboard port (\d+)\)", text)
     url = f"http://127.0.0.11:{head.group(1)}"

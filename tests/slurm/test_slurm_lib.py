@@ -76,3 +76,14 @@ def test_slurm_tests_skip_where_slurm_cannot_run_but_fail_where_it_is_expected(m
     with pytest.raises(pytest.fail.Exception,
                        match=r"^SLURM is expected here \(TRIXMED_REQUIRE_SLURM=1\) but cannot run: no sbatch$"):
         slurm_unavailable("no sbatch")
+
+
+def test_in_container_runs_the_command_through_the_prefix_or_on_the_host(tmp_path):
+    wrapper = tmp_path / "runtime"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\nshift\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    inside = lib("in_container echo hello world", TRIXMED_CONTAINER=f"{wrapper} --image=trixmed.sif")
+    assert inside.returncode == 0 and inside.stdout == "hello world\n"
+    assert (tmp_path / "calls").read_text() == "--image=trixmed.sif echo hello world\n"
+    host = lib("in_container echo on the host")
+    assert host.stdout == "on the host\n" and (tmp_path / "calls").read_text().count("\n") == 1
