@@ -25,6 +25,7 @@ def main(args: argparse.Namespace) -> int:
     from trixmed.errors import TrixmedError
     from trixmed.io import atomic_file, read_json
     from trixmed.pipeline.predict import predict_patient, read_patient
+    from trixmed.report.run_data import trained_config
     from trixmed.run_dir import RunDir
 
     cfg = load_run_config(args)
@@ -32,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
     metrics = rd.metrics
     if not metrics.is_file():
         raise TrixmedError(metrics, "missing; predict needs a trained and evaluated run (`trixmed run`)")
+    cfg = trained_config(cfg, rd)   # collate as the run's models were trained (an hf run needs no --config)
     ds = Dataset(rd.dataset)
     sample = read_patient(args.input, ds.vocab)
     chosen = read_json(metrics)   # the run's validation choices
