@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trixmed"
 # each package (or base module) → the trixmed packages it may import from
 ALLOWED = {
     "errors": set(), "paths": set(), "io": set(), "console": set(),
-    "config": {"errors"}, "run_dir": {"io"},
+    "config": {"errors"}, "run_dir": {"io"}, "ray_resources": {"errors"},
     "data": {"errors", "paths", "io", "config", "run_dir", "data"},
     "text": {"errors", "paths", "io", "config", "data", "text"},
     "models": {"errors", "paths", "io", "config", "data", "text", "models"},
-    "cluster": {"errors", "io", "config", "data", "text", "cluster"},
+    "cluster": {"errors", "io", "config", "ray_resources", "data", "text", "cluster"},
     "eval": {"errors", "io", "config", "data", "eval"},
     "baselines": {"errors", "io", "console", "config", "run_dir", "data", "eval", "baselines"},
     "parallel": {"errors", "models", "parallel"},

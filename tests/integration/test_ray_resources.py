@@ -16,14 +16,14 @@ NO_GPU = "0 GPU (0 free, at most 0 on one node)"
 
 
 def test_resources_that_fit_are_released_after_the_check(ray_session):
-    from trixmed.train.ray_session import wait_for_resources
+    from trixmed.ray_resources import wait_for_resources
 
     wait_for_resources([{"CPU": 1}] * 2, "stratify.num_workers", timeout=30)
     wait_for_resources([{"CPU": 1}] * 2, "stratify.num_workers", timeout=30)   # the first check holds nothing
 
 
 def test_an_actor_pool_the_cluster_cannot_hold_is_one_line(ray_session):
-    from trixmed.train.ray_session import wait_for_resources
+    from trixmed.ray_resources import wait_for_resources
 
     with pytest.raises(TrixmedError) as err:
         wait_for_resources([{"GPU": 1, "CPU": 0.5}] * 2, "extract.actors", timeout=1)

@@ -437,7 +437,7 @@ class ShardPool:
                                            f"than the Ray cluster has ({have:g})")
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from trixmed.train.ray_session import wait_for_resources
+        from trixmed.ray_resources import wait_for_resources
 
         wait_for_resources([{"CPU": cpus_per_worker}] * self.num_workers, "stratify.num_workers")
         # placement_group=None: inside a Tune trial the workers would otherwise be captured into the

@@ -96,7 +96,8 @@ def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], p
                     *, done_before: int, total: int) -> None:
     import ray.data
 
-    from trixmed.train.ray_session import ensure_ray, quiet_library_logger, wait_for_resources
+    from trixmed.ray_resources import wait_for_resources
+    from trixmed.train.ray_session import ensure_ray, quiet_library_logger
 
     ensure_ray(cfg)
     quiet_library_logger("ray.data")

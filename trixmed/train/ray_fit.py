@@ -17,7 +17,8 @@ from trixmed.config import Config, DistributedConfig, to_dict
 from trixmed.console import Console
 from trixmed.errors import TrainingStopped
 from trixmed.run_dir import HISTORY_FILE, RunDir
-from trixmed.train.ray_session import ensure_ray, wait_for_resources, workers_log_dir
+from trixmed.ray_resources import wait_for_resources
+from trixmed.train.ray_session import ensure_ray, workers_log_dir
 
 
 def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None,

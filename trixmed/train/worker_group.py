@@ -115,7 +115,7 @@ class WorkerGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from trixmed.errors import TrixmedError
-        from trixmed.train.ray_session import resource_timeout, shortage
+        from trixmed.ray_resources import resource_timeout, shortage
 
         bundle = worker_resources(dist)
         group = placement_group([bundle] * dist.num_workers, strategy="PACK")
