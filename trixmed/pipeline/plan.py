@@ -503,10 +503,11 @@ def _architecture(cfg: Config) -> tuple[Any, str]:
     when it is on this machine, else `plan.arch_config` (planning a cluster run from a laptop)."""
     from transformers import AutoConfig
 
-    from trixmed.models.checkpoint import load_arch_config
+    from trixmed.models.checkpoint import load_arch_config, locate
 
     try:
-        return load_arch_config(cfg.model.hf), _checkpoint_name(cfg)
+        where = str(locate(cfg.model.hf).where)
+        return load_arch_config(cfg.model.hf), where
     except TrixmedError:
         if not cfg.plan.arch_config:
             raise TrixmedError(f"model.hf.{cfg.model.hf.sources()[0]}",
@@ -514,9 +515,3 @@ def _architecture(cfg: Config) -> tuple[Any, str]:
     if not Path(cfg.plan.arch_config).is_file():
         raise TrixmedError(cfg.plan.arch_config, "not found (plan.arch_config)")
     return AutoConfig.from_pretrained(cfg.plan.arch_config), cfg.plan.arch_config
-
-
-def _checkpoint_name(cfg: Config) -> str:
-    from trixmed.models.checkpoint import locate
-
-    return str(locate(cfg.model.hf).where)

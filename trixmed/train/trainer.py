@@ -157,7 +157,7 @@ class Trainer:
             self.strategy.load_checkpoint(self.engine, d)
             self.state = {"partial": None, **json.loads((Path(d) / CHECKPOINT_STATE).read_text())}
             if self.state["partial"]:
-                self.rng = torch.load(Path(d) / RNG_FILE.format(rank=self.rank))
+                self.rng = torch.load(Path(d) / RNG_FILE.format(rank=self.rank), weights_only=True)
             if self.rank == 0 and (Path(d) / BEST_DIR).is_dir():
                 shutil.copytree(Path(d) / BEST_DIR, self.scratch / BEST_DIR)
         partial = self.state["partial"]
