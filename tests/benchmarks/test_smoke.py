@@ -89,3 +89,16 @@ def test_llm_features_smoke(tmp_path: Path) -> None:
         assert row["ratio"] > 0 and row["shuffled_ratio"] > 0 and "cluster 0:" in row["profiles"]
     table = out.with_suffix(".md").read_text()
     assert "## Cluster coherence" in table and table.count("| SmolLM2") == 1
+
+
+def test_host_memory_smoke(tmp_path: Path) -> None:
+    """benchmarks/host_memory.py with 2 loaders of SmolLM2 at once: the weights stored in the dtype
+    they are loaded in are mapped from the file, one copy on the node (what `trixmed plan` counts);
+    cast ones are a copy per process."""
+    report = run_smoke("host_memory.py", tmp_path / "host_memory.json", timeout=240)
+    mapped, cast = report["results"]["mapped"], report["results"]["cast"]
+    assert mapped["processes"] == cast["processes"] == 2 and mapped["weights_mib"] == cast["weights_mib"] > 500
+    assert mapped["file_backed_fraction"] == 1.0 and cast["file_backed_fraction"] == 0.0
+    assert mapped["copies"] < 1.3 and cast["copies"] > 1.8
+    assert mapped["anonymous_mib_per_process"] < 0.1 * mapped["weights_mib"] < cast["anonymous_mib_per_process"]
+    assert (tmp_path / "host_memory.md").read_text().count("| mapped |") == 1

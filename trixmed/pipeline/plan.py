@@ -213,7 +213,7 @@ def format_shape(plan: dict[str, Any], config_name: str) -> str:
                      + (f" of {s['cpus_per_node']:g} CPUs" if s["cpus_per_node"] is not None else ""))
     host = plan["needs"]["host"]
     if host:
-        line = (f"host memory per node: {host['processes']} processes × {_size(host['each_gib'])} "
+        line = (f"host memory per node: {_copies(host)} × {_size(host['each_gib'])} "
                 f"({host['what']}) = {_size(host['gib'])}")
         if s["mem_per_node_gib"] is not None:
             line += (f" of {s['mem_per_node_gib'] * USABLE_HOST_FRACTION:.1f} GiB usable "
@@ -247,16 +247,38 @@ def node_needs(run_cfg: Config, nodes: int, gpus_per_node: int, counts: dict[str
                "bundle": {"CPU": st.cpus_per_worker}}]
     host = None
     if counts is not None:
-        # every training rank and every extract actor loads the whole model into host memory
-        # before it moves to its device or is partitioned (models/hf.py)
-        if run_cfg.model.backbone == "hf":
-            dtype = run_cfg.model.hf.torch_dtype
-            each, what = counts["frozen"] * _DTYPE_BYTES[dtype] / GIB, f"the {dtype} checkpoint, loaded by each"
-        else:
-            each, what = (counts["frozen"] + counts["trainable"]) * 4 / GIB, "the model, built by each"
-        processes = max(phases[0]["count"], phases[1]["count"])
-        host = {"processes": processes, "each_gib": each, "gib": processes * each, "what": what}
+        host = _host_memory(run_cfg, counts, phases[0]["count"], phases[1]["count"])
     return {"nodes": nodes, "phases": phases, "host": host}
+
+
+def _host_memory(run_cfg: Config, counts: dict[str, Any], trainers: int, extractors: int) -> dict[str, Any]:
+    """Copies of the model one node holds while its training ranks (or extract actors) load it.
+    A memory-mapped checkpoint is one copy in the page cache, shared, until a process writes its
+    weights: on CPU, DeepSpeed's start-up broadcast overwrites every non-source rank's (ranks on
+    GPUs write their device copies). A cast checkpoint, or the codes backbone, is one per process."""
+    processes = max(trainers, extractors)
+    if run_cfg.model.backbone != "hf":
+        each = (counts["frozen"] + counts["trainable"]) * 4 / GIB
+        return {"processes": processes, "copies": processes, "each_gib": each, "gib": processes * each,
+                "what": "the model, built by each"}
+    dtype = run_cfg.model.hf.torch_dtype
+    each = counts["frozen"] * _DTYPE_BYTES[dtype] / GIB
+    weights = counts["weights"]
+    what = weights["what"]
+    if not weights["mapped"]:
+        copies = processes
+    elif run_cfg.distributed.use_gpu:
+        copies, what = 1, f"{what}, memory-mapped: {processes} processes share one copy"
+    else:
+        copies = max(trainers, 1)
+        what = f"{what}, memory-mapped, but DeepSpeed's start-up broadcast writes a copy into each CPU worker"
+    if weights["assumed"]:
+        what += f"; {weights['assumed']}"
+    return {"processes": processes, "copies": copies, "each_gib": each, "gib": copies * each, "what": what}
+
+
+def _copies(host: dict[str, Any]) -> str:
+    return f"{host['copies']} cop{'y' if host['copies'] == 1 else 'ies'}"
 
 
 def _allocation_problem(needs: dict[str, Any], gpus_per_node: int, cpus_per_node: float | None,
@@ -282,7 +304,7 @@ def _allocation_problem(needs: dict[str, Any], gpus_per_node: int, cpus_per_node
     host = needs["host"]
     if host and mem_per_node_gib is not None and host["gib"] > mem_per_node_gib * USABLE_HOST_FRACTION:
         want = math.ceil(host["gib"] / USABLE_HOST_FRACTION)
-        return (f"host memory: {host['processes']} processes per node × {host['each_gib']:.1f} GiB ({host['what']}) = "
+        return (f"host memory: {_copies(host)} per node × {host['each_gib']:.1f} GiB ({host['what']}) = "
                 f"{host['gib']:.1f} GiB, but {mem_per_node_gib * USABLE_HOST_FRACTION:.1f} GiB of the node's "
                 f"{mem_per_node_gib:.1f} GiB is usable ({USABLE_HOST_FRACTION:.0%}; Ray's object store holds the rest); "
                 f"fix: sbatch --mem={want}G (or --mem=0: the node's all)")
@@ -470,7 +492,8 @@ def param_counts(cfg: Config) -> dict[str, Any]:
                 "kv": getattr(c, "num_key_value_heads", heads) * (getattr(c, "head_dim", None) or hidden // heads),
                 "lora_values": sum(m.in_features + m.out_features + experts * cfg.model.lora.rank for m in adapted)}
         return {"frozen": base, "trainable": trainable, "expert_trainable": lora * experts, "largest_layer": largest, "arch": arch,
-                "largest_trainable": hidden * n_med, "source": f"architecture from {arch_file}, n_med≈{n_med}"}
+                "largest_trainable": hidden * n_med, "source": f"architecture from {arch_file}, n_med≈{n_med}",
+                "weights": _weights(cfg)}
 
     from trixmed.data.dataset import Dataset, Vocab
     from trixmed.models import build_model
@@ -496,6 +519,20 @@ def param_counts(cfg: Config) -> dict[str, Any]:
     expert_trainable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and ".experts_" in name)
     return {"frozen": frozen, "trainable": trainable, "expert_trainable": expert_trainable, "largest_layer": largest,
             "largest_trainable": largest, "arch": arch, "source": source}
+
+
+def _weights(cfg: Config) -> dict[str, Any]:
+    """Whether the checkpoint's weights stay memory-mapped when loaded (models/checkpoint.py), and
+    what they are in words; planned from a laptop, it is assumed stored in `torch_dtype`."""
+    from trixmed.models.checkpoint import weights_mapped
+
+    try:
+        mapped, what = weights_mapped(cfg.model.hf)
+        return {"mapped": mapped, "what": what, "assumed": None}
+    except TrixmedError:
+        dtype = cfg.model.hf.torch_dtype
+        return {"mapped": True, "what": f"the {dtype} checkpoint",
+                "assumed": f"assumed stored as {dtype}: it is not on this machine"}
 
 
 def _architecture(cfg: Config) -> tuple[Any, str]:
