@@ -166,11 +166,13 @@ class Rows:
     x: np.ndarray      # [n, k+1] float64, last column 1
     x32: np.ndarray    # [n, k+1] float32
     sq: np.ndarray     # [n] float64
+    norm: np.ndarray   # [n] ‖z‖, for the float32 error bound of every Lloyd step
 
     @classmethod
     def of(cls, x: np.ndarray) -> Rows:
         z = x[:, :-1]
-        return cls(x, x.astype(np.float32), np.einsum("ij,ij->i", z, z))
+        sq = np.einsum("ij,ij->i", z, z)
+        return cls(x, x.astype(np.float32), sq, np.sqrt(sq))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -186,7 +188,7 @@ class Centres:
     def __init__(self, centroids: np.ndarray):
         self.c = np.asarray(centroids, dtype=np.float64)
         self.aug = np.hstack([-2.0 * self.c, (self.c * self.c).sum(1, keepdims=True)])
-        self.aug32 = self.aug.astype(np.float32)
+        self.aug32_t = np.ascontiguousarray(self.aug.T, dtype=np.float32)
         # |float32 value - exact| ≤ (m + 2)·u·Σ|a·b| ≤ (m + 2)·u·(2‖c‖‖z‖ + ‖c‖²) for the m = k+1
         # products (inputs rounded to float32, then a float32 sum); two values, and a factor 2 spare
         cmax = float(np.sqrt((self.c * self.c).sum(1).max())) if len(self.c) else 0.0
@@ -199,7 +201,9 @@ def nearest(rows: Rows, centres: Centres) -> np.ndarray:
     [z, 1]·[-2c, ‖c‖²]ᵀ ranks them (scikit-learn's E-step). Computed in float32, about 3× faster;
     rows whose best two centroids are closer than the float32 error bound are redone in float64,
     so the labels are the float64 ones."""
-    d = centres.aug32 @ rows.x32.T            # [K, n]
+    # rows × centroids, then transposed: OpenBLAS's sgemm is ~3× faster with the long side first,
+    # and the scan below reads each centroid's row contiguously
+    d = np.ascontiguousarray((rows.x32 @ centres.aug32_t).T)   # [K, n]
     n = d.shape[1]
     best, second = d[0].copy(), np.full(n, np.inf, dtype=np.float32)
     labels, better = np.zeros(n, dtype=np.intp), np.empty(n, dtype=bool)
@@ -208,7 +212,7 @@ def nearest(rows: Rows, centres: Centres) -> np.ndarray:
         np.minimum(second, np.maximum(best, d[j]), out=second)
         np.minimum(best, d[j], out=best)
         np.putmask(labels, better, j)
-    unsure = np.flatnonzero(second - best <= centres.slope * np.sqrt(rows.sq) + centres.offset)
+    unsure = np.flatnonzero(second - best <= centres.slope * rows.norm + centres.offset)
     if unsure.size:
         labels[unsure] = (rows.x[unsure] @ centres.aug.T).argmin(1)
     return labels
