@@ -59,6 +59,16 @@ def test_model_code_knows_nothing_distributed():
             assert word not in text, f"{path.name} mentions {word}"
 
 
+def test_the_k_means_numerics_know_nothing_of_ray():
+    """cluster/lloyd.py and cluster/shards.py are plain numpy / pyarrow; cluster/distributed.py runs them on Ray."""
+    for name in ("lloyd.py", "shards.py"):
+        imported = {n.split(".")[0] for node in ast.walk(ast.parse((PACKAGE / "cluster" / name).read_text(encoding="utf-8")))
+                    for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                              [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])}
+        assert not imported & {"ray", "torch"}, f"cluster/{name} imports {sorted(imported & {'ray', 'torch'})}"
+        assert "trixmed" not in imported or _imports(PACKAGE / "cluster" / name) <= {"errors"}
+
+
 def test_the_rule_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from trixmed.pipeline.stages import STAGES\n")

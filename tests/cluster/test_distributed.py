@@ -235,7 +235,7 @@ def test_every_feature_constant_is_nothing_to_cluster(tmp_path):
 
 
 def test_float32_screen_gives_the_float64_labels_even_at_near_ties():
-    from trixmed.cluster.distributed import Centres, Rows, nearest
+    from trixmed.cluster.lloyd import Centres, Rows, nearest
 
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 3, size=(6, 16))

@@ -4,27 +4,17 @@ Each `ShardWorker` actor owns a fixed subset of the shard files (round-robin ove
 paths) and keeps its training rows in memory as float64 blocks, or, over `memory_budget_bytes`,
 re-reads its files batch by batch on every pass (`ParquetFile.iter_batches`), so a feature set
 larger than memory works: a worker's peak memory is then bounded by the batch size and the Parquet
-row-group size, not by the number of rows. The driver only reduces small partial results:
+row-group size, not by the number of rows. The driver (`ShardPool`) only reduces small partial
+results; the numerics of both sides are in trixmed/cluster/lloyd.py, the shards' checks in
+trixmed/cluster/shards.py.
 
-- PCA from reduced moments: every worker returns (n, mean, centred scatter Σ(x-μ)(x-μ)ᵀ) of its
-  rows, combined with Chan's pairwise update (as stable as a two-pass covariance, in one pass);
-  the driver takes `numpy.linalg.eigh` of the covariance and keeps the top-k eigenvectors, signed
-  like scikit-learn's `svd_flip(u_based_decision=False)` (largest-|value| entry positive). The
-  H×H covariance is fine up to H ≈ 8k (LLaMA's 4096: a 128 MiB scatter a worker, eigh in seconds;
-  the pass costs N·H² flops); beyond that a randomized sketch would be needed, not done here.
-- z-score: the per-component sums and sums of squares of the projections follow from the same
-  moments (Σp = 0, Σp_j² = v_jᵀ M v_j), so no extra pass; population std like StandardScaler.
-  A component whose variance is zero up to round-off (≤ max(n, H)·eps·largest variance: the
-  feature set has lower rank than k) keeps std 1, so its round-off noise is not blown up to unit
-  variance (`fit_clusters` divides by any std > 0 there). Constant feature columns are fine;
-  every column constant is an error (nothing to cluster).
-- K-means on the z-scored projections, scikit-learn's Lloyd algorithm step for step: greedy
-  k-means++ (2 + ln K candidates a round, each sampled ∝ D², the one with the lowest potential
-  kept) or K uniform rows; Lloyd iterations from per-worker per-cluster sums and counts; an empty
-  cluster takes the row farthest from its centroid (workers send their top-m candidates, the
-  driver takes the global top-m, m = number of empty clusters); stop once the summed squared
-  centroid shift is ≤ tol × the mean variance of the z-scored data, or after `max_iter`; a last
-  assignment pass gives labels and the exact inertia; `kmeans_n_init` restarts, lowest inertia kept.
+K-means on the z-scored projections follows scikit-learn's Lloyd algorithm step for step: greedy
+k-means++ (2 + ln K candidates a round, each sampled ∝ D², the one with the lowest potential kept)
+or K uniform rows; Lloyd iterations from per-worker per-cluster sums and counts; an empty cluster
+takes the row farthest from its centroid (workers send their top-m candidates, the driver takes the
+global top-m, m = number of empty clusters); stop once the summed squared centroid shift is ≤ tol ×
+the mean variance of the z-scored data, or after `max_iter`; a last assignment pass gives labels
+and the exact inertia; `kmeans_n_init` restarts, lowest inertia kept.
 
 Independence of workers and sharding. Rows have one canonical order: shards sorted by path, rows
 in file order. Random choices are made by the driver on that order with numpy Generators seeded
@@ -36,18 +26,8 @@ round-off (float64 sums reduced in a different grouping; a k-means++ draw could 
 it lands within round-off of a row boundary). In-memory and streaming workers process identical
 blocks, so they agree bit for bit.
 
-Input checks, all before any K-means: the driver reads every shard's schema (columns, a list of
-floats, one width H for all); the first pass checks every row of every split (null, width,
-NaN/±inf, naming file, row and visit_key); then ≥ num_clusters training rows, then not every
-feature constant. Each is a one-line `TrixmedError`.
-
-Library choice: numpy + BLAS (and one scipy sparse product) inside the workers, no new dependency.
-The E-step ranks centroids with a float32 GEMM and redoes in float64 only the rows whose best two
-centroids lie within the float32 error bound, so the labels are the float64 ones; the cluster sums
-are a sparse one-hot product on the float64 rows. That is about 0.05 s per 500k × 64 rows (K = 8)
-on one core, a little faster than scikit-learn's Lloyd step per core (benchmarks/stratify.py
-measures the ratio). faiss-cpu has a wheel for this Python, but it works in float32 only and would
-be a new dependency for speed the target does not need; dask-ml would add a second scheduler.
+Input checks come before any K-means: the shards' schemas and every row (trixmed/cluster/shards.py),
+then ≥ num_clusters training rows, then not every feature constant; each a one-line `TrixmedError`.
 """
 
 from __future__ import annotations
@@ -55,179 +35,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trixmed.cluster.lloyd import (Centres, LloydResult, Rows, bytes_per_row, combine_moments, nearest, nearest_sq,
+                                   pca_from_moments, sq_distances)
+from trixmed.cluster.shards import COLUMNS, check_schemas, features_block
 from trixmed.cluster.stratify import ClusterTransform
 from trixmed.config import StratifyConfig
 from trixmed.errors import TrixmedError
 
-COLUMNS = ("visit_key", "split", "features")
 DEFAULT_BLOCK_ROWS = 16384
-_EPS = float(np.finfo(np.float64).eps)
-
-
-def bytes_per_row(width: int) -> int:
-    """Memory a worker holding its rows spends on one row of H features: float64 raw rows while
-    loading; afterwards z (k ≤ H components, a 1 column) in float64 and float32, and ‖z‖²."""
-    return 12 * (width + 2)
 
 
 class _InputProblem(Exception):
     """A `TrixmedError` on its way back from a worker (plain args, so it pickles)."""
-
-
-@dataclass
-class LloydResult:
-    centroids: np.ndarray              # [K, k]
-    inertia: float                     # Σ squared distance to the nearest final centroid
-    counts: np.ndarray                 # [K] training rows per cluster at the final assignment
-    n_iter: int
-    converged: bool                    # stopped by the tolerance rather than by max_iter
-    shifts: list[float] = field(default_factory=list)              # Σ squared centroid shift per iteration
-    iteration_seconds: list[float] = field(default_factory=list)   # wall time per Lloyd iteration
-
-
-# ------------------------------------------------------------------------------------------------
-# reading shards
-
-
-def _check_schemas(paths: Sequence[Path]) -> int:
-    """Every shard exists and has the three columns; returns the feature width H."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not paths:
-        raise TrixmedError("stratify", "no feature shards given")
-    if len(set(paths)) != len(paths):
-        raise TrixmedError(next(p for p in paths if paths.count(p) > 1), "listed twice among the feature shards")
-    width = None
-    for path in paths:
-        if not path.is_file():
-            raise TrixmedError(path, "feature shard not found")
-        schema = pq.read_schema(path)
-        missing = [c for c in COLUMNS if c not in schema.names]
-        if missing:
-            raise TrixmedError(path, f"missing column(s) {', '.join(missing)} (a feature shard has {', '.join(COLUMNS)})")
-        kind = schema.field("features").type
-        if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
-                or not pa.types.is_floating(kind.value_type):
-            raise TrixmedError(path, f"column features must be a list of floats, got {kind}")
-        if pa.types.is_fixed_size_list(kind):
-            w = kind.list_size
-        else:   # variable-size lists: the first row's length; workers check every row
-            w = next((len(v) for b in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["features"])
-                      for v in b.column("features").to_pylist() if v is not None), None)
-        if w is not None and width is None:
-            width, first = w, path
-        elif w is not None and w != width:
-            raise TrixmedError(path, f"features have width {w}, but {first.name} has {width}")
-    if width is None:
-        raise TrixmedError(paths[0], "no feature rows in any shard")
-    return width
-
-
-def _features_block(batch: Any, path: str, row0: int, width: int, check: bool) -> np.ndarray:
-    """The features column of a record batch as float64 [n, width]; with `check`, a one-line error
-    for a null, a row of another width or a non-finite value (file and row named)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    col = batch.column("features")
-
-    def bad(i: int, problem: str) -> TrixmedError:
-        key = batch.column("visit_key")[i].as_py()
-        return TrixmedError(path, f"row {row0 + i} (visit_key {key!r}): {problem}")
-
-    if check and col.null_count:
-        raise bad(int(np.flatnonzero(np.asarray(col.is_null()))[0]), "features is null")
-    if check and not pa.types.is_fixed_size_list(col.type):
-        lengths = np.asarray(pc.list_value_length(col))
-        wrong = np.flatnonzero(lengths != width)
-        if wrong.size:
-            raise bad(int(wrong[0]), f"features have width {lengths[wrong[0]]}, expected {width}")
-    x = np.asarray(col.flatten(), dtype=np.float64).reshape(len(col), width)
-    if check:
-        finite = np.isfinite(x)
-        if not finite.all():
-            i, j = np.argwhere(~finite)[0]
-            raise bad(int(i), f"features[{j}] is {x[i, j]}, not a finite number")
-    return x
-
-
-@dataclass
-class Rows:
-    """Projected training rows of one block: [z, 1] in float64, a float32 copy for the fast
-    assignment screen, and each row's squared norm ‖z‖²."""
-
-    x: np.ndarray      # [n, k+1] float64, last column 1
-    x32: np.ndarray    # [n, k+1] float32
-    sq: np.ndarray     # [n] float64
-    norm: np.ndarray   # [n] ‖z‖, for the float32 error bound of every Lloyd step
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> Rows:
-        z = x[:, :-1]
-        sq = np.einsum("ij,ij->i", z, z)
-        return cls(x, x.astype(np.float32), sq, np.sqrt(sq))
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def z(self, i: int | np.ndarray) -> np.ndarray:
-        return self.x[i, :-1].copy()
-
-
-class Centres:
-    """Centroids prepared for `nearest`: [-2c, ‖c‖²] in float64 and float32 (a row [z, 1] times its
-    transpose gives ‖z - c‖² - ‖z‖², same argmin), and the float32 error bound's coefficients."""
-
-    def __init__(self, centroids: np.ndarray):
-        self.c = np.asarray(centroids, dtype=np.float64)
-        self.aug = np.hstack([-2.0 * self.c, (self.c * self.c).sum(1, keepdims=True)])
-        self.aug32_t = np.ascontiguousarray(self.aug.T, dtype=np.float32)
-        # |float32 value - exact| ≤ (m + 2)·u·Σ|a·b| ≤ (m + 2)·u·(2‖c‖‖z‖ + ‖c‖²) for the m = k+1
-        # products (inputs rounded to float32, then a float32 sum); two values, and a factor 2 spare
-        cmax = float(np.sqrt((self.c * self.c).sum(1).max())) if len(self.c) else 0.0
-        g = 4 * (self.aug.shape[1] + 2) * 2.0**-24
-        self.slope, self.offset = 2 * g * cmax, g * cmax * cmax
-
-
-def nearest(rows: Rows, centres: Centres) -> np.ndarray:
-    """Index of the nearest centroid of every row (ties → lowest index), as the float64 product
-    [z, 1]·[-2c, ‖c‖²]ᵀ ranks them (scikit-learn's E-step). Computed in float32, about 3× faster;
-    rows whose best two centroids are closer than the float32 error bound are redone in float64,
-    so the labels are the float64 ones."""
-    # rows × centroids, then transposed: OpenBLAS's sgemm is ~3× faster with the long side first,
-    # and the scan below reads each centroid's row contiguously
-    d = np.ascontiguousarray((rows.x32 @ centres.aug32_t).T)   # [K, n]
-    n = d.shape[1]
-    best, second = d[0].copy(), np.full(n, np.inf, dtype=np.float32)
-    labels, better = np.zeros(n, dtype=np.intp), np.empty(n, dtype=bool)
-    for j in range(1, len(d)):
-        np.less(d[j], best, out=better)
-        np.minimum(second, np.maximum(best, d[j]), out=second)
-        np.minimum(best, d[j], out=best)
-        np.putmask(labels, better, j)
-    unsure = np.flatnonzero(second - best <= centres.slope * rows.norm + centres.offset)
-    if unsure.size:
-        labels[unsure] = (rows.x[unsure] @ centres.aug.T).argmin(1)
-    return labels
-
-
-def sq_distances(rows: Rows, centres: np.ndarray) -> np.ndarray:
-    """[n, c] squared euclidean distances of the rows to `centres` (float64, ≥ 0)."""
-    if len(centres) == 0:
-        return np.zeros((len(rows), 0))
-    d2 = rows.x @ Centres(centres).aug.T + rows.sq[:, None]
-    return np.maximum(d2, 0.0, out=d2)
-
-
-def _nearest_sq(rows: Rows, centres: np.ndarray) -> np.ndarray:
-    return sq_distances(rows, centres).min(1) if len(centres) else np.full(len(rows), np.inf)
 
 
 class ShardWorker:
@@ -260,7 +85,7 @@ class ShardWorker:
         columns = list(COLUMNS) if check else ["split", "features"]
         row0 = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=self.block_rows, columns=columns):
-            x = _features_block(batch, path, row0, self.width, check)
+            x = features_block(batch, path, row0, self.width, check)
             row0 += batch.num_rows
             train = np.asarray(pc.fill_null(pc.equal(batch.column("split"), self.split), False))
             if train.any():
@@ -349,7 +174,7 @@ class ShardWorker:
         the squared distance to the nearest chosen centre (∞ when none is chosen yet)."""
         out = {pos: np.zeros(len(candidates)) for pos, _ in self.shards}
         for pos, rows in self._blocks():
-            out[pos] += np.minimum(_nearest_sq(rows, chosen)[:, None], sq_distances(rows, candidates)).sum(0)
+            out[pos] += np.minimum(nearest_sq(rows, chosen)[:, None], sq_distances(rows, candidates)).sum(0)
         return out
 
     def rows_at_potentials(self, chosen: np.ndarray, requests: list[tuple[int, float]]) -> list[np.ndarray]:
@@ -361,7 +186,7 @@ class ShardWorker:
             todo = {r: t for r, (p, t) in enumerate(requests) if p == pos}
             carry, last = 0.0, None
             for rows in self._shard_blocks(pos, path) if todo else ():
-                cum = carry + np.cumsum(_nearest_sq(rows, chosen))
+                cum = carry + np.cumsum(nearest_sq(rows, chosen))
                 for r in [r for r, t in todo.items() if t <= cum[-1]]:
                     out[r] = rows.z(int(np.searchsorted(cum, todo.pop(r))))
                 if not todo:
@@ -433,7 +258,7 @@ class ShardPool:
         import ray
 
         self.paths = sorted((Path(s) for s in shards), key=str)   # the canonical order
-        self.width = _check_schemas(self.paths)
+        self.width = check_schemas(self.paths)
         self.num_workers = max(1, min(num_workers, len(self.paths)))
         have = ray.cluster_resources().get("CPU", 0)
         if self.num_workers * cpus_per_worker > have:
@@ -467,7 +292,7 @@ class ShardPool:
         for counts, *_ in loaded:
             for pos, c in counts.items():
                 self.shard_rows[pos] = c
-        self._moments = _combine_moments([m[1:] for m in loaded])
+        self._moments = combine_moments([m[1:] for m in loaded])
 
     @property
     def n_train(self) -> int:
@@ -510,26 +335,15 @@ class ShardPool:
         """PCA (top-k eigenvectors of the covariance) and z-score from the reduced moments; the
         workers project their rows from now on. Returns the transform without centroids."""
         n, mean, scatter = self._moments
-        cov = scatter / n
-        var = np.diag(cov)
-        # scikit-learn's test for a constant feature: variance at round-off level of its mean
-        constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2
-        if constant.all():
+        fitted = pca_from_moments(n, mean, scatter, pca_components)
+        if fitted is None:
             where = os.path.commonpath([str(p) for p in self.paths])
             raise TrixmedError(where, f"every feature is constant over the {n} training rows "
                                       "(zero variance): nothing to cluster")
-        k = min(pca_components, n, self.width)
-        values, vectors = np.linalg.eigh(cov)
-        components = vectors[:, ::-1][:, :k].T.copy()
-        peak = np.argmax(np.abs(components), axis=1)
-        components *= np.sign(components[np.arange(k), peak])[:, None]
-        comp_var = np.maximum(((components @ cov) * components).sum(1), 0.0)
-        zero = comp_var <= max(n, self.width) * _EPS * max(values[-1], 0.0)
-        scale_std = np.where(zero, 1.0, np.sqrt(comp_var))
-        scale_mean = np.zeros(k)
-        self.mean_variance = float(np.mean(comp_var / scale_std**2))
+        components, scale_std, self.mean_variance = fitted
+        scale_mean = np.zeros(len(components))
         self._transform = ClusterTransform(pca_mean=mean, pca_components=components, scale_mean=scale_mean,
-                                           scale_std=scale_std, centroids=np.zeros((0, k)))
+                                           scale_std=scale_std, centroids=np.zeros((0, len(components))))
         self._all("set_projection", mean, components, scale_mean, scale_std)
         return self._transform
 
@@ -636,19 +450,6 @@ class ShardPool:
     def _require_projection(self) -> None:
         if self._transform is None:
             raise RuntimeError("ShardPool.fit_projection must run before K-means")
-
-
-def _combine_moments(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
-    """Chan et al.'s pairwise update of (n, mean, centred scatter)."""
-    n, mean, scatter = parts[0]
-    for m, bmean, bscatter in parts[1:]:
-        if m == 0:
-            continue
-        delta = bmean - mean
-        scatter = scatter + bscatter + np.outer(delta, delta) * (n * m / (n + m))
-        mean = mean + delta * (m / (n + m))
-        n += m
-    return n, mean, scatter
 
 
 def _gather(refs: list[Any]) -> list[Any]:
