@@ -30,6 +30,15 @@ def test_atomic_file_leaves_nothing_on_failure(tmp_path: Path):
     assert read_json(target) == {"a": 1}
 
 
+def test_an_exclusive_write_never_replaces_a_file(tmp_path: Path):
+    target = tmp_path / "lock.json"
+    write_json(target, {"owner": 1}, exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_json(target, {"owner": 2}, exclusive=True)
+    assert read_json(target) == {"owner": 1}
+    assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+
+
 def test_artifacts_get_umask_permissions_not_private_temp_ones(tmp_path: Path):
     import os
 

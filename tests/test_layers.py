@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trixmed"
 ALLOWED = {
     "errors": set(), "paths": set(), "io": set(), "console": set(),
     "config": {"errors"}, "run_dir": {"io"}, "ray_resources": {"errors"},
+    "run_lock": {"errors", "io", "console", "run_dir"},
     "data": {"errors", "paths", "io", "config", "run_dir", "data"},
     "text": {"errors", "paths", "io", "config", "data", "text"},
     "models": {"errors", "paths", "io", "config", "data", "text", "models"},

@@ -38,8 +38,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of `target` for writing; rename it into place on success."""
+def atomic_file(target: str | Path, mode: str = "w", *, exclusive: bool = False) -> Iterator[Any]:
+    """Open a temporary sibling of `target` for writing; rename it into place on success. With
+    `exclusive`, an existing `target` is kept and FileExistsError raised instead (the sibling is
+    hard-linked to the name, which fails where the name is taken)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
@@ -49,7 +51,11 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
         encoding = None if "b" in mode else "utf-8"
         with open(tmp, mode, encoding=encoding) as fh:
             yield fh
-        os.replace(tmp, target)
+        if exclusive:
+            os.link(tmp, target)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -64,8 +70,9 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_file(path) as fh:
+def write_json(path: str | Path, obj: Any, *, exclusive: bool = False) -> None:
+    """`obj` as JSON, written atomically (`atomic_file`; `exclusive`: only where `path` does not exist)."""
+    with atomic_file(path, exclusive=exclusive) as fh:
         json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
         fh.write("\n")
 

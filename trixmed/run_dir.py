@@ -19,6 +19,8 @@
         tensorboard/    event files of the training phases
         tune/<space>/   `trixmed tune`: one Ray Tune experiment per search space (`ExperimentDir`)
         .ray/           Ray Train storage: per-phase checkpoints used to resume
+        .lock           the command writing into this directory: its host, pid, start, SLURM job (JSON);
+                        one writer at a time (trixmed/run_lock.py); .lock.guard is flocked to take over a stale one
 
 Every path into a run directory comes from `RunDir`; no other module spells these names.
 A stage is skipped when its output directory exists and run.json records the same input and
@@ -41,6 +43,7 @@ MODEL_DIR = "model"          # inside a training phase's output
 HISTORY_FILE = "history.json"
 CHECKPOINT_STATE = "trainer_state.json"   # inside each training checkpoint
 STOP_AT_STEP = "step"   # the content of a stop request that should not wait for the epoch's end
+LOCK_FILE = ".lock"
 
 
 def hash_json(obj: Any) -> str:
@@ -207,6 +210,16 @@ class RunDir:
         return sorted((str(p.relative_to(self.root)), p.stat().st_mtime_ns) for p in found)
 
     @property
+    def lock(self) -> Path:
+        """Names the one command writing into this directory (trixmed/run_lock.py)."""
+        return self.root / LOCK_FILE
+
+    @property
+    def lock_guard(self) -> Path:
+        """Flocked while a command decides whether a stale lock may be taken over."""
+        return self.root / f"{LOCK_FILE}.guard"
+
+    @property
     def ray_storage(self) -> Path:
         return self.root / ".ray"
 
@@ -266,6 +279,12 @@ class ExperimentDir:
     @property
     def name(self) -> str:
         return self.root.name
+
+    @property
+    def run_dir(self) -> RunDir | None:
+        """The run directory whose `tune/` holds this experiment; None for one kept elsewhere."""
+        run = RunDir(self.root.parent.parent)
+        return run if run.tune == self.root.parent else None
 
     @property
     def sweep(self) -> Path:

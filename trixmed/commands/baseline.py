@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from trixmed.commands.common import add_run_dir, load_run_config
+from trixmed.commands.common import add_run_dir, load_run_config, writing_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +24,9 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args)
     console = Console(verbose=args.verbose)
-    run_stage(cfg, "prepare", console=console)
-    result = run_baseline(cfg, args.name, console)
+    with writing_run_dir(args, cfg.run_dir):
+        run_stage(cfg, "prepare", console=console)
+        result = run_baseline(cfg, args.name, console)
     console.line(f"[baseline {args.name}] best epoch {result['best_epoch']} (on val), threshold {result['threshold']} "
                  f"(on {result['threshold_chosen_on']}), α {result['ddi_alpha']} (on {result['ddi_alpha_chosen_on']}) "
                  f"→ {RunDir(cfg.run_dir).baseline(args.name)}")

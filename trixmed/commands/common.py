@@ -1,8 +1,11 @@
-"""What every subcommand shares: `--run-dir`, `--force`, and the config with its overrides."""
+"""What every subcommand shares: `--run-dir`, `--force`, the config with its overrides, and the
+run directory's lock for those that write into it."""
 
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,6 +28,16 @@ def load_run_config(args: argparse.Namespace, extra: list[str] | tuple[str, ...]
     if getattr(args, "run_dir", None):
         overrides.append(f"run_dir={yaml_quote(args.run_dir)}")
     return load_config(args.config, overrides)
+
+
+def writing_run_dir(args: argparse.Namespace, run_dir: str | Path) -> AbstractContextManager[None]:
+    """Hold `run_dir`'s lock for the block: one command at a time writes into a run directory
+    (trixmed/run_lock.py). Commands that only read a run (plan, predict, explain) do not take it."""
+    from trixmed.console import Console
+    from trixmed.run_dir import RunDir
+    from trixmed.run_lock import hold_run_dir
+
+    return hold_run_dir(RunDir(run_dir), f"trixmed {args.command}", Console(verbose=args.verbose))
 
 
 def yaml_quote(value: object) -> str:

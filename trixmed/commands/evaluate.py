@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trixmed.commands.common import add_force, add_run_dir, load_run_config
+from trixmed.commands.common import add_force, add_run_dir, load_run_config, writing_run_dir
 from trixmed.errors import TrixmedError
 
 
@@ -55,7 +55,8 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     from trixmed.run_dir import RunDir
 
     cfg = load_run_config(args)
-    run_stage(cfg, "evaluate", force=args.force, console=Console(verbose=args.verbose))
+    with writing_run_dir(args, cfg.run_dir):
+        run_stage(cfg, "evaluate", force=args.force, console=Console(verbose=args.verbose))
     metrics = RunDir(cfg.run_dir).metrics
     print(format_table(read_json(metrics)))
     print(f"wrote {metrics}")

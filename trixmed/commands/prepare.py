@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trixmed.commands.common import add_run_dir, load_run_config, yaml_quote
+from trixmed.commands.common import add_run_dir, load_run_config, writing_run_dir, yaml_quote
 
 _FLAGS = {"source": "data.source", "input": "data.path", "split": "data.split.kind"}
 
@@ -22,7 +22,8 @@ def main(args: argparse.Namespace) -> int:
 
     flags = [f"{key}={yaml_quote(getattr(args, attr))}" for attr, key in _FLAGS.items() if getattr(args, attr) is not None]
     cfg = load_run_config(args, flags)
-    out = prepare(cfg)
+    with writing_run_dir(args, cfg.run_dir):
+        out = prepare(cfg)
     card = read_json(out / "card.json")
     sizes = card["vocab_sizes"]
     print(

@@ -9,8 +9,9 @@ configuration as a config file for `trixmed run` (<experiment>/best.yaml)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 
-from trixmed.commands.common import load_run_config
+from trixmed.commands.common import load_run_config, writing_run_dir
 from trixmed.commands.explain import add_run_alias
 
 
@@ -39,7 +40,10 @@ def main(args: argparse.Namespace) -> int:
         if run_side:
             raise TrixmedError("--tune", f"reports a sweep from its summary alone; {', '.join(run_side)} "
                                          "choose a run to report (use one or the other)")
-        build_sweep_report(ExperimentDir(args.tune), console)
+        exp = ExperimentDir(args.tune)
+        run = exp.run_dir   # the sweep's report is written inside the run directory it belongs to, if any
+        with writing_run_dir(args, run.root) if run else contextlib.nullcontext():
+            build_sweep_report(exp, console)
         return 0
 
     from trixmed.report.run_report import SAMPLE_VISITS, build_run_report
@@ -49,5 +53,7 @@ def main(args: argparse.Namespace) -> int:
     if n < 2:
         raise TrixmedError("--sample", f"must be >= 2, got {n}")
     cfg = load_run_config(args)
-    build_run_report(cfg, RunDir(cfg.run_dir), map_visits=n, similarity_visits=n, silhouette_visits=n, console=console)
+    with writing_run_dir(args, cfg.run_dir):
+        build_run_report(cfg, RunDir(cfg.run_dir), map_visits=n, similarity_visits=n, silhouette_visits=n,
+                         console=console)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trixmed.commands.common import add_force, add_run_dir, load_run_config
+from trixmed.commands.common import add_force, add_run_dir, load_run_config, writing_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console(verbose=args.verbose)
     t0 = time.perf_counter()
-    with ray_session(cfg, verbose=args.verbose, dashboard=args.dashboard):
+    with writing_run_dir(args, cfg.run_dir), ray_session(cfg, verbose=args.verbose, dashboard=args.dashboard):
         if args.dashboard:
             console.line(f"Ray dashboard: {dashboard_url() or 'not served by the connected Ray'}")
         results = run_pipeline(cfg, force=args.force, console=console)

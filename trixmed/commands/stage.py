@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trixmed.commands.common import add_force, add_run_dir, load_run_config
+from trixmed.commands.common import add_force, add_run_dir, load_run_config, writing_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args)
     console = Console(verbose=args.verbose)
-    with ray_session(cfg, verbose=args.verbose):
+    with writing_run_dir(args, cfg.run_dir), ray_session(cfg, verbose=args.verbose):
         result = run_stage(cfg, args.command, force=args.force, console=console)
     for key, value in result.summary.items():
         print(f"  {key}: {value}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trixmed.commands.common import add_run_dir, load_run_config
+from trixmed.commands.common import add_run_dir, load_run_config, writing_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +25,9 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args)
     console = Console(verbose=args.verbose)
-    run_stage(cfg, "prepare", console=console)
-    result = transfer(cfg, Path(args.source), console)
+    with writing_run_dir(args, cfg.run_dir):
+        run_stage(cfg, "prepare", console=console)
+        result = transfer(cfg, Path(args.source), console)
     cov = result["coverage"]
     print(format_table(result))
     for kind in KINDS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from trixmed.commands.common import add_force, add_run_dir, load_run_config
+from trixmed.commands.common import add_force, add_run_dir, load_run_config, writing_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,17 +26,19 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
     space = load_space(args.space)
     console = Console(verbose=args.verbose)
-    with ray_session(cfg, verbose=args.verbose, dashboard=args.dashboard):
-        if args.dashboard:
-            console.line(f"Ray dashboard: {dashboard_url() or 'not served by the connected Ray'}")
-        result = run_sweep(cfg, space, name=args.name, force=args.force, verbose=args.verbose, console=console)
+    with writing_run_dir(args, cfg.run_dir):
+        with ray_session(cfg, verbose=args.verbose, dashboard=args.dashboard):
+            if args.dashboard:
+                console.line(f"Ray dashboard: {dashboard_url() or 'not served by the connected Ray'}")
+            result = run_sweep(cfg, space, name=args.name, force=args.force, verbose=args.verbose, console=console)
+        if result.summary is not None:
+            build_sweep_report(result.experiment, console)
     exp = result.experiment
     if result.summary is None:
         console.line(f"[tune] interrupted: {result.unfinished} trials unfinished; the same command resumes "
                      f"{exp.root}")
         return 130
     summary = result.summary
-    build_sweep_report(exp, console)
     counts = {s: sum(t["status"] == s for t in summary["trials"]) for s in ("completed", "stopped", "error")}
     console.line(f"[tune] {len(summary['trials'])} trials in {summary['wall_s']:.1f} s: "
                  + ", ".join(f"{n} {s}" for s, n in counts.items()))
