@@ -308,3 +308,13 @@ def test_two_trixmed_writers_on_one_run_directory(rd):
         first.terminate()
         first.wait(timeout=120)
     assert not rd.lock.exists()
+
+
+def test_a_run_directory_the_lock_alone_created_is_not_left_behind(tmp_path, capsys):
+    """`trixmed report` on a mistyped run directory fails and leaves nothing; one that exists stays."""
+    typo = tmp_path / "typo"
+    assert main(["report", "--config", DEMO, f"run_dir={typo}"]) == 2
+    assert "missing" in capsys.readouterr().err and not typo.exists()
+    typo.mkdir()
+    assert main(["report", "--config", DEMO, f"run_dir={typo}"]) == 2
+    assert typo.is_dir() and not (typo / ".lock").exists()

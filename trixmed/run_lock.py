@@ -88,12 +88,15 @@ def hold_run_dir(rd: RunDir, command: str, console: Console) -> Iterator[None]:
     lock is taken over with a line on `console`. SIGTERM ends the block as Ctrl-C does, so the lock
     is released then too (a SIGKILL leaves it behind, stale, for the next command to take over)."""
     me = Owner.this_process(command)
+    created = not rd.root.exists()
     with _sigterm_exits():
         try:
             _take(rd, me, console)
             yield
         finally:
             _release(rd, me)
+            if created:
+                _remove_if_unused(rd)
 
 
 def _take(rd: RunDir, me: Owner, console: Console) -> None:
@@ -118,6 +121,15 @@ def _release(rd: RunDir, me: Owner) -> None:
     with contextlib.suppress(FileNotFoundError, ValueError):
         if read_json(rd.lock) == dataclasses.asdict(me):
             rd.lock.unlink()
+
+
+def _remove_if_unused(rd: RunDir) -> None:
+    """A run directory the lock alone created (a command that failed before writing, e.g. on a
+    mistyped --run-dir) is not left behind."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in rd.root.iterdir()} <= {rd.lock_guard.name}:
+            rd.lock_guard.unlink(missing_ok=True)
+            rd.root.rmdir()
 
 
 @contextlib.contextmanager
