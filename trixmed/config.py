@@ -529,6 +529,25 @@ def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def replace_key(obj: Any, dotted: str, value: Any, source: str, where: str = "") -> Any:
+    """`obj` (a config dataclass) with the field at `a.b.c` set to `value`, checked as `from_dict`
+    checks it (the same errors); the sections on the path are new objects, the others shared."""
+    name, _, rest = dotted.partition(".")
+    here = f"{where}.{name}" if where else name
+    names = {f.name for f in dataclasses.fields(obj)}
+    if name not in names:
+        raise TrixmedError(source, f"{here}: unknown key (known: {', '.join(sorted(names))})")
+    current = getattr(obj, name)
+    if rest and dataclasses.is_dataclass(current):
+        value = replace_key(current, rest, value, source, here)
+    else:
+        # a key below a value that is no section: the type check names what the value is instead
+        for part in reversed(rest.split(".") if rest else []):
+            value = {part: value}
+        value = _coerce(typing.get_type_hints(type(obj))[name], value, source, here)
+    return dataclasses.replace(obj, **{name: value})
+
+
 def from_dict(cls: type, raw: Any, source: str, where: str) -> Any:
     """Build dataclass `cls` from `raw`, checking keys and types; errors name `source` and the key."""
     if raw is None:

@@ -266,7 +266,7 @@ class ExperimentDir:
         <experiment>/
             sweep.json          the search space and base config it was started with (resume checks it)
             summary.json        every trial: parameters, status, curves, validation scores; the best
-            best.yaml           the best configuration (chosen on validation), ready for `trixmed run`
+            best.yaml           the sweep's best configuration (chosen on validation), ready for `trixmed run`
             report/             `trixmed report --tune`: sweep.html, sweep.md, figures/
             shared/<hash>/      stratify outputs shared by trials with the same clustering settings
             <trial>/            Ray Tune's trial directories; <trial>/run/ is that trial's run directory

@@ -70,7 +70,7 @@ def _warm_features(root: Path, sample):
 
 def test_explanation_routes_like_the_transform_and_the_model(run, explanation):
     from trixmed.cluster import ClusterTransform
-    from trixmed.io import read_json
+    from trixmed.eval.selection import read_choices
     from trixmed.pipeline.predict import predict_patient, read_patient
 
     root, patient = run
@@ -95,13 +95,13 @@ def test_explanation_routes_like_the_transform_and_the_model(run, explanation):
     assert [x["weight"] for x in r["experts"]] == pytest.approx([r["gates"][i] for i in top], abs=1e-6)
     assert r["weight_sum"] == pytest.approx(sum(r["gates"][i] for i in top), abs=1e-5) and r["weight_sum"] < 1
 
-    # the recommendations are predict's, above the run's threshold
-    threshold = read_json(rd.metrics)["threshold"]
+    # the recommendations are predict's, decided by the run's choices
+    choices = read_choices(rd.metrics, "test")
     cfg = load_config(None, [*TINY_OVERRIDES, f"run_dir={root}"])
-    predicted = predict_patient(cfg, rd, sample, ds, threshold)
-    assert e["threshold"] == threshold
+    predicted = predict_patient(cfg, rd, sample, ds, choices)
+    assert (e["threshold"], e["ddi_alpha"]) == (choices.threshold, choices.ddi_alpha)
     assert [m["code"] for m in e["recommendations"]] == predicted["predicted"]
-    assert all(m["probability"] >= threshold for m in e["recommendations"])
+    assert all(m["probability"] >= choices.threshold for m in e["recommendations"])
     assert predicted["expert_weights"] == pytest.approx(r["gates"], abs=1e-6)
     # interacting pairs: the tiny DDI matrix marks M00–M01 and M02–M05
     rec = set(predicted["predicted"])

@@ -1,6 +1,7 @@
 """`trixmed tune` end to end on the bundled demo with a tiny model and real Ray Tune / Ray Train /
 DeepSpeed: a 2×2 sweep under ASHA, its trials training one after another on the sweep's one worker
-group, writes the summary, the report and a best config that `trixmed run --dry-run` accepts; a
+group, writes the summary, the report and a best config that `trixmed run --dry-run` accepts, its
+best trial the one the evaluate stage ranks first on validation; a
 rank lost in a trial breaks only that trial and its worker group; a failing trial leaves the other
 complete while, with `tune.trainer=ray_train`, the trials' Ray Train runs show in the dashboard; an
 interrupted sweep resumes without re-running its finished trials."""
@@ -25,7 +26,9 @@ from browser import check_page
 
 from trixmed.cli import main
 from trixmed.config import load_config
-from trixmed.pipeline.stages import run_pipeline
+from trixmed.data.dataset import Dataset
+from trixmed.eval.evaluate import evaluate_predictions
+from trixmed.pipeline.stages import run_pipeline, run_stage
 from trixmed.run_dir import ExperimentDir, RunDir
 from trixmed.testing import TINY_OVERRIDES
 
@@ -56,7 +59,8 @@ def _space(tmp_path: Path, name: str, grid: dict[str, list]) -> Path:
 
 
 def test_demo_2x2_sweep_gives_summary_report_and_a_runnable_best_config(base, tmp_path, capfd):
-    assert main(["tune", str(REPO / "tune_spaces" / "demo_2x2.yaml"), *_args(base)]) == 0
+    # α chosen on validation too: the trials are scored by the whole decision rule
+    assert main(["tune", str(REPO / "tune_spaces" / "demo_2x2.yaml"), *_args(base, "eval.ddi_alpha=null")]) == 0
     out = capfd.readouterr().out
     exp = RunDir(base).experiment("demo_2x2")
     summary = json.loads(exp.summary.read_text())
@@ -70,7 +74,8 @@ def test_demo_2x2_sweep_gives_summary_report_and_a_runnable_best_config(base, tm
     completed = [t for t in trials if t["status"] == "completed"]
     assert summary["best"]["trial_id"] == max(completed, key=lambda t: t["scores"]["jaccard"])["trial_id"]
     assert summary["selected_on"] == "val" and not [k for k in summary if "test" in k]
-    assert all(set(t["scores"]) == {"jaccard", "f1", "prauc", "ddi_rate", "avg_drugs", "threshold"} for t in completed)
+    assert all(set(t["scores"]) == {"jaccard", "f1", "prauc", "ddi_rate", "avg_drugs", "threshold", "ddi_alpha"}
+               for t in completed)
     for t in trials:
         rd = RunDir(t["run_dir"])
         assert not rd.eval.exists(), "a sweep never evaluates test"
@@ -78,6 +83,18 @@ def test_demo_2x2_sweep_gives_summary_report_and_a_runnable_best_config(base, tm
         assert (t["scores"] is not None) == (t["status"] == "completed") == rd.model("experts").is_dir()
         steps = {"stratify_s", "experts_s", "total_s", "started_at", "ended_at"} | ({"scoring_s"} if t["scores"] else set())
         assert set(t["timings"]) == steps and t["timings"]["experts_s"] < t["timings"]["total_s"]
+    # each trial's scores are what the evaluate stage makes of its validation predictions, so the
+    # best trial is the one evaluate ranks first (evaluated here, after the sweep, for the check only)
+    val_jaccard = {}
+    for t in completed:
+        cfg = load_config(DEMO[0], [*TINY, f"run_dir={t['run_dir']}", "eval.ddi_alpha=null",
+                                    *[f"{k}={v}" for k, v in t["params"].items()]])
+        run_stage(cfg, "evaluate")
+        rd = RunDir(t["run_dir"])
+        scored = evaluate_predictions(Dataset(rd.dataset), rd.predictions("val"), "val", cfg.eval)
+        val_jaccard[t["trial_id"]] = scored["metrics"]["jaccard"]["point"]
+        assert t["scores"]["jaccard"] == pytest.approx(val_jaccard[t["trial_id"]], abs=1e-9)
+    assert summary["best"]["trial_id"] == max(val_jaccard, key=val_jaccard.get)
     # one clustering per K, shared by the trials that use it
     assert len(list((exp.root / "shared").iterdir())) == 2 + 2   # two run dirs and their lock files
     # one worker group, started once and lent to every trial in turn

@@ -1,11 +1,10 @@
 """`trixmed report --tune EXP` on synthetic summary.json files (no Ray): the page's numbers come from
-the summary, the best trial is the completed one with the highest validation Jaccard at its tuned
-threshold, best.yaml is a config `trixmed run` accepts, bad input is one line, and the HTML renders
-in headless Chromium."""
+the summary, the best trial is the completed one with the highest validation Jaccard of its decided
+sets, the page points to the best.yaml the sweep wrote and never writes one, bad input is one line,
+and the HTML renders in headless Chromium."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -14,15 +13,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from browser import check_page
 
 from trixmed.cli import main
-from trixmed.config import load_config, to_dict
+from trixmed.config import load_config
 from trixmed.console import Console
 from trixmed.report import sweep_report
 from trixmed.report.sweep_report import build_sweep_report
 from trixmed.run_dir import ExperimentDir, RunDir
+from trixmed.tune.space import SearchSpace
+from trixmed.tune.summary import FORMAT, write_best_config
 
 K, TOP_N, EXPERTS, LR = "stratify.num_clusters", "model.moe.top_n", "model.moe.num_experts", "experts.lr"
 
@@ -35,7 +35,8 @@ def _trial(i: int, params: dict[str, Any], status: str = "completed", *, jaccard
         "trial_id": f"abc_{i:05d}", "name": f"trial_abc_{i:05d}", "status": status, "params": params,
         "epochs_run": epochs_run, "epochs_planned": epochs_planned,
         "best_epoch_val_jaccard": best_epoch,
-        "scores": {"jaccard": jaccard, "f1": f1, "prauc": 0.6, "ddi_rate": 0.07, "avg_drugs": 12.5, "threshold": 0.35}
+        "scores": {"jaccard": jaccard, "f1": f1, "prauc": 0.6, "ddi_rate": 0.07, "avg_drugs": 12.5, "threshold": 0.35,
+                   "ddi_alpha": 0.02}
         if status == "completed" else None,
         "curve": curve, "wall_s": 30.0 + i, "train_s": 12.0,
         "error": "RuntimeError: worker died" if status == "error" else None,
@@ -45,27 +46,26 @@ def _trial(i: int, params: dict[str, Any], status: str = "completed", *, jaccard
 
 def _summary(root: Path, name: str, trials: list[dict[str, Any]], *, grid: dict[str, list[Any]],
              sample: dict[str, Any] | None = None, num_samples: int = 1) -> ExperimentDir:
-    """A `trixmed tune` summary.json under <root>/run/tune/<name>, its best trial and config as
+    """A `trixmed tune` summary.json under <root>/run/tune/<name>, its best trial and best.yaml as
     `trixmed tune` writes them."""
     run_dir = root / "run"
     exp = RunDir(run_dir).experiment(name)
     exp.root.mkdir(parents=True)
     done = [t for t in trials if t["status"] == "completed"]
     best = max(done, key=lambda t: t["scores"]["jaccard"]) if done else None
-    best_config = None if best is None else to_dict(load_config(None, [f"run_dir={run_dir}", *[
-        f"{k}={v}" for k, v in best["params"].items()]]))
+    space = SearchSpace(name=name, path=f"tune_spaces/{name}.yaml", grid=grid, follow={EXPERTS: K} if K in grid else {},
+                        sample=sample or {}, num_samples=num_samples)
     summary = {
-        "format": 1, "experiment": name, "experiment_dir": str(exp.root), "run_dir": str(run_dir),
-        "space": {"name": name, "path": f"tune_spaces/{name}.yaml", "grid": grid,
-                  "follow": {EXPERTS: K} if K in grid else {}, "sample": sample or {}, "num_samples": num_samples},
+        "format": FORMAT, "experiment": name, "experiment_dir": str(exp.root), "run_dir": str(run_dir),
+        "space": space.to_dict(),
         "scheduler": {"kind": "asha", "metric": "val_jaccard", "mode": "max", "grace_period": 1, "reduction_factor": 2,
                       "max_t": 4},
         "selected_on": "val", "started": "2026-11-22T07:00:00+0000", "finished": "2026-11-22T07:02:03+0000",
         "wall_s": 123.4, "trials_per_min": 1.95, "trials": trials,
         "best": None if best is None else {k: best[k] for k in ("trial_id", "params", "scores")},
-        "best_config": best_config,
     }
     exp.summary.write_text(json.dumps(summary, indent=1))
+    write_best_config(exp, summary, load_config(None, [f"run_dir={run_dir}"]), space)
     return exp
 
 
@@ -130,22 +130,19 @@ def test_the_best_is_the_highest_tuned_validation_jaccard_of_a_completed_trial(d
     assert re.findall(r"^\| (abc_\d+) \|", md, flags=re.M) == ["abc_00001", "abc_00000", "abc_00002", "abc_00003"]
 
 
-def test_best_yaml_loads_with_the_params_and_passes_a_dry_run(demo):
-    exp, _, _ = demo
-    text = exp.best_config.read_text()
-    assert text.startswith("# Best configuration of the `trixmed tune` experiment demo_2x2")
-    assert "# trial abc_00001: num_clusters=2, top_n=2, num_experts=2\n" in text
-    assert "# validation: Jaccard 0.4400, F1 0.5500, PRAUC 0.6000 at threshold 0.35" in text
-    assert f"`trixmed run --config {exp.best_config}` trains it and evaluates it once on test" in text
-    cfg = load_config(exp.best_config)
-    assert (cfg.stratify.num_clusters, cfg.model.moe.top_n, cfg.model.moe.num_experts) == (2, 2, 2)
-    run_dir = json.loads(exp.summary.read_text())["run_dir"]
-    assert cfg.run_dir == run_dir   # the sweep's run directory: warm-up and features are reused
-    assert yaml.safe_load(text)["model"]["moe"]["top_n"] == 2
+def test_the_page_points_to_the_sweeps_best_yaml_and_never_writes_one(tmp_path):
+    exp = _demo_2x2(tmp_path)
+    written = exp.best_config.read_text()
+    build_sweep_report(exp, Console(stream=io.StringIO()))
+    assert exp.best_config.read_text() == written
+    md = exp.report_markdown.read_text()
+    assert f"`{exp.best_config}` is that configuration in full. `trixmed run --config {exp.best_config}` trains it" in md
+    exp.best_config.unlink()
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["run", "--config", str(exp.best_config), "--dry-run"]) == 0
-    assert f"plan for {run_dir}\n" in out.getvalue() and "2 experts, top-2" in out.getvalue()
+    assert build_sweep_report(exp, Console(stream=out))["best_config"] is None and not exp.best_config.exists()
+    assert "no best.yaml: the sweep did not write it (the same `trixmed tune` command writes it)" in out.getvalue()
+    assert "No `best.yaml`: the sweep did not write it (the same `trixmed tune` command writes it)." in \
+        exp.report_markdown.read_text()
 
 
 def test_paper_grid_shows_the_best_trial_of_each_cell(tmp_path, monkeypatch):
@@ -240,7 +237,6 @@ def test_no_completed_trial_no_best_yaml_and_the_page_says_why(tmp_path):
         _trial(0, {K: 2, TOP_N: 1, EXPERTS: 2}, "stopped", best_epoch=0.3, epochs_run=1),
         _trial(1, {K: 2, TOP_N: 2, EXPERTS: 2}, "error", epochs_run=0),
     ], grid={K: [2], TOP_N: [1, 2]})
-    exp.best_config.write_text("# from an earlier summary\n")
     out = io.StringIO()
     written = build_sweep_report(exp, Console(stream=out))
     assert written["best_config"] is None and not exp.best_config.exists()
@@ -271,9 +267,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     exp.summary.write_text('{"format": 1, "trials": [')
     assert _cli_error(["report", "--tune", str(empty)], capsys) == (
         f"trixmed report: error: {exp.summary}: not valid JSON (Expecting value: line 1 column 26 (char 25))")
-    exp.summary.write_text('{"format": 2}')
+    exp.summary.write_text('{"format": 1}')   # before α was part of the scores and the sweep wrote best.yaml
     assert _cli_error(["report", "--tune", str(empty)], capsys) == (
-        f"trixmed report: error: {exp.summary}: format 2, expected 1 (re-run the same `trixmed tune` command to rewrite it)")
+        f"trixmed report: error: {exp.summary}: format 1, expected 2 (written by another trixmed: `trixmed tune` with "
+        "--force runs the sweep again)")
     good = _demo_2x2(tmp_path)
     summary = json.loads(good.summary.read_text())
     del summary["trials"][1]["status"]

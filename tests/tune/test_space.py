@@ -3,6 +3,7 @@ loader before a sweep launches; bad files are one-line errors naming the file an
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,20 @@ def test_a_value_the_config_refuses_is_refused_before_launch(tmp_path):
     path = write(tmp_path, "grid:\n  model.moe.num_experts: [2]\n  model.moe.top_n: [1, 2, 4]\n")
     assert error(path) == f"{path}: model.moe.num_experts=2, model.moe.top_n=4: model.moe.top_n: must be in " \
                           "1..num_experts=2, got 4"
+
+
+def test_a_value_of_another_type_is_refused_as_the_config_loader_refuses_it(tmp_path):
+    path = write(tmp_path, "grid:\n  model.moe.top_n: [two]\n")
+    assert error(path) == f"{path}: model.moe.top_n=two: model.moe.top_n: expected int, got 'two'"
+    path = write(tmp_path, "grid:\n  seed.value: [1]\n")
+    assert error(path) == f"{path}: seed.value=1: seed: expected int, got {{'value': 1}}"
+
+
+def test_a_trial_config_is_a_new_config_and_the_base_is_left_as_it_was():
+    base = load_config(None)
+    before = copy.deepcopy(base)
+    cfg = load_space(SPACES / "paper_grid.yaml").apply(base, {"stratify.num_clusters": 16, "model.moe.top_n": 4})
+    assert base == before and cfg.model.moe.top_n == 4 and cfg.experts is base.experts
 
 
 def test_a_sampled_range_is_checked_at_its_ends(tmp_path):

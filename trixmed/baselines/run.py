@@ -41,6 +41,5 @@ def run_baseline(cfg: Config, name: str, console: Console) -> dict[str, Any]:
         write_json(tmp / CONFIG_FILE, {"baseline": name, "baselines": to_dict(cfg.baselines), "seed": cfg.seed,
                                        "best_epoch": best["epoch"], "history": history})
         return select_and_score(ds, cfg.eval, scores, tmp, {s: rd.predictions(s).name for s in SPLITS},
-                                rd.metrics.name, rd.metrics_table.name,
-                                {"model": name, "best_epoch": best["epoch"], "selected_on": "val",
-                                 "train_s": round(time.perf_counter() - t0, 1)})
+                                rd.metrics.name, rd.metrics_table.name, best_epoch=best["epoch"],
+                                extra={"model": name, "selected_on": "val", "train_s": round(time.perf_counter() - t0, 1)})

@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
 
     from trixmed.data.dataset import Dataset
     from trixmed.errors import TrixmedError
-    from trixmed.io import read_json, write_json
+    from trixmed.eval.selection import read_choices
+    from trixmed.io import write_json
     from trixmed.pipeline.predict import read_patient
     from trixmed.report.explain import explain_patient, format_explanation
     from trixmed.run_dir import RunDir
@@ -40,13 +41,10 @@ def main(args: argparse.Namespace) -> int:
         raise TrixmedError("--neighbours", f"must be >= 0, got {args.neighbours}")
     cfg = load_run_config(args)
     rd = RunDir(cfg.run_dir)
-    if not rd.metrics.is_file():
-        raise TrixmedError(rd.metrics, "missing; explain needs a trained and evaluated run (`trixmed run`)")
+    choices = read_choices(rd.metrics, "explain")
     ds = Dataset(rd.dataset)
     sample = read_patient(args.patient, ds.vocab)
-    chosen = read_json(rd.metrics)   # the run's validation choices
-    result = explain_patient(cfg, rd, ds, sample, float(chosen["threshold"]), neighbours=args.neighbours,
-                             alpha=float(chosen.get("ddi_alpha") or 0.0))
+    result = explain_patient(cfg, rd, ds, sample, choices, neighbours=args.neighbours)
     if args.json_out:
         write_json(args.json_out, result)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.format == "json" else format_explanation(result))

@@ -22,22 +22,19 @@ def main(args: argparse.Namespace) -> int:
     import json
 
     from trixmed.data.dataset import Dataset
-    from trixmed.errors import TrixmedError
-    from trixmed.io import atomic_file, read_json
+    from trixmed.eval.selection import read_choices
+    from trixmed.io import atomic_file
     from trixmed.pipeline.predict import predict_patient, read_patient
     from trixmed.report.run_data import trained_config
     from trixmed.run_dir import RunDir
 
     cfg = load_run_config(args)
     rd = RunDir(cfg.run_dir)
-    metrics = rd.metrics
-    if not metrics.is_file():
-        raise TrixmedError(metrics, "missing; predict needs a trained and evaluated run (`trixmed run`)")
+    choices = read_choices(rd.metrics, "predict")
     cfg = trained_config(cfg, rd)   # collate as the run's models were trained (an hf run needs no --config)
     ds = Dataset(rd.dataset)
     sample = read_patient(args.input, ds.vocab)
-    chosen = read_json(metrics)   # the run's validation choices
-    result = predict_patient(cfg, rd, sample, ds, float(chosen["threshold"]), float(chosen.get("ddi_alpha") or 0.0))
+    result = predict_patient(cfg, rd, sample, ds, choices)
     if args.top > 0:
         result["medications"] = result["medications"][: args.top]
     text = json.dumps(result, indent=2)

@@ -3,8 +3,8 @@ training curves, patient map, cluster coherence, routing, per-cluster accuracy),
 JSON, and the cluster coherence metrics (<run>/report/coherence.json).
 
 `trixmed report --tune EXP`: a `trixmed tune` experiment (<run>/tune/<space>/) as one page plus
-Markdown (validation scores over the grid, every trial, learning curves) and its best
-configuration as a config file for `trixmed run` (<experiment>/best.yaml)."""
+Markdown (validation scores over the grid, every trial, learning curves), pointing to the best
+configuration the sweep wrote for `trixmed run` (<experiment>/best.yaml)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training visits sampled (seeded) for the similarity matrix, silhouette and map (default 3000)")
     parser.add_argument("--tune", metavar="EXPERIMENT_DIR",
                         help="report a `trixmed tune` experiment (<run>/tune/<space>/) instead of a run: the sweep's "
-                             "page and its best config (best.yaml); takes no --run/--config/--sample/overrides")
+                             "page, pointing to the best config the sweep wrote (best.yaml); takes no --run/--config/--sample/overrides")
 
 
 def main(args: argparse.Namespace) -> int:

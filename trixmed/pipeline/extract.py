@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trixmed.cluster.features import feature_dim, shard_name, write_feature_shard
-from trixmed.config import Config, from_dict, to_dict
+from trixmed.config import Config
 from trixmed.console import Console
 from trixmed.run_dir import RunDir, hash_json
 
@@ -28,14 +28,13 @@ from trixmed.run_dir import RunDir, hash_json
 class ShardExtractor:
     """A Ray Data actor: loads the warm-up model once, then turns shard specs into shard files."""
 
-    def __init__(self, config: dict[str, Any], run_dir: str, out_dir: str):
+    def __init__(self, cfg: Config, run_dir: str, out_dir: str):
         import torch
 
         from trixmed.data.dataset import Dataset
         from trixmed.models import load_model
         from trixmed.train.inference import collator_for
 
-        cfg = from_dict(Config, config, "<extract>", "")
         rd = RunDir(run_dir)
         self.dataset = dataset = Dataset(rd.dataset)
         self.batch_size = cfg.extract.batch_size
@@ -114,7 +113,7 @@ def _run_actor_pool(cfg: Config, rd: RunDir, todo: list[tuple[int, int, int]], p
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
         results = specs.map_batches(
             ShardExtractor,
-            fn_constructor_kwargs={"config": to_dict(cfg), "run_dir": str(rd.root.resolve()), "out_dir": str(partial.resolve())},
+            fn_constructor_kwargs={"cfg": cfg, "run_dir": str(rd.root.resolve()), "out_dir": str(partial.resolve())},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=min(e.actors, len(todo))),
             num_cpus=e.cpus_per_actor,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from trixmed.config import Config
 from trixmed.data.dataset import Dataset, Sample, Visit, Vocab
 from trixmed.errors import TrixmedError
 from trixmed.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from trixmed.eval.selection import Choices
 
 
 @dataclass
@@ -101,22 +104,21 @@ def route_new_patients(cfg: Config, rd: RunDir, vocab: Vocab, samples: list[Samp
     return out, cluster, distance
 
 
-def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, threshold: float,
-                    alpha: float = 0.0) -> dict[str, Any]:
+def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, choices: Choices) -> dict[str, Any]:
     """Ranked medications with probabilities, the patient's cluster and the expert weights; the
-    predicted set is decoded as the evaluate stage decodes it (threshold, DDI safety weight α)."""
-    from trixmed.eval.decode import decode_sets
+    predicted set is decided by the run's choices (threshold, DDI safety weight α), as the evaluate
+    stage decided its test sets."""
     from trixmed.text.titles import CodeTitles
 
     out, cluster, distance = route_new_patients(cfg, rd, ds.vocab, [sample])
     probs = out["probs"][0]
-    chosen = decode_sets(probs[None], threshold, ds.ddi, alpha)[0]
+    chosen = choices.decide(probs[None], ds.ddi)[0]
     order = np.argsort(-probs, kind="stable")
     titles = CodeTitles.default()
     meds = ds.vocab.med
     result: dict[str, Any] = {
-        "threshold": threshold,
-        "ddi_alpha": alpha,
+        "threshold": choices.threshold,
+        "ddi_alpha": choices.ddi_alpha,
         "predicted": [meds[j] for j in order if chosen[j]],
         "medications": [{"code": meds[j], "name": titles.med(meds[j]), "probability": round(float(probs[j]), 6)} for j in order],
         "cluster": int(cluster[0]),

@@ -19,7 +19,7 @@ import numpy as np
 from trixmed.config import Config, to_dict
 from trixmed.console import Console
 from trixmed.errors import TrixmedError
-from trixmed.io import atomic_dir, write_json
+from trixmed.io import atomic_dir, read_json, write_json
 from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
 
 # distributed settings that change what is trained (not how failures or plans are handled)
@@ -154,7 +154,8 @@ def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> 
     preds = {split: model_predictions(cfg, rd, ds, split) for split in SPLITS}
     # the threshold and the safety weight are chosen on validation only; test is scored once
     result = select_and_score(ds, cfg.eval, {split: (p.samples, p.probs) for split, p in preds.items()}, out,
-                              {split: rd.predictions(split).name for split in SPLITS}, rd.metrics.name, rd.metrics_table.name)
+                              {split: rd.predictions(split).name for split in SPLITS}, rd.metrics.name, rd.metrics_table.name,
+                              best_epoch=read_json(rd.history("experts"))["best_epoch"])
     return {"threshold": result["threshold"], "ddi_alpha": result["ddi_alpha"],
             **{k: v["mean"] for k, v in result["metrics"].items()}}
 

@@ -7,7 +7,7 @@ code the source model has never seen is left out of the model's input and counte
 medication the source cannot predict stays in the truth (a miss) and is counted; a source
 medication the target lacks is dropped from the prediction. Patients are routed as any new
 patient is (`route_new_patients`), and the threshold and α are the source's, chosen on the
-source's validation split: nothing is chosen on the target.
+source's validation split (its recorded `Choices`): nothing is chosen on the target.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from trixmed.config import Config
 from trixmed.console import Console
 from trixmed.data.dataset import Dataset, Sample, Visit, Vocab
 from trixmed.errors import TrixmedError
-from trixmed.io import atomic_dir, read_json
+from trixmed.io import atomic_dir
 from trixmed.run_dir import RunDir
 
 KINDS = ("diag", "proc", "med")
@@ -67,18 +67,15 @@ def transfer(cfg: Config, source_dir: Path, console: Console) -> dict[str, Any]:
     """Score the run at `source_dir` on the test split of the dataset prepared in `cfg.run_dir`;
     writes metrics.json (with the coverage report), metrics.md and predictions_test.jsonl into
     `RunDir(cfg.run_dir).transfer(<source run-dir name>)`."""
-    from trixmed.eval.decode import decode_sets
     from trixmed.eval.predictions import write_predictions
-    from trixmed.eval.selection import score_test
+    from trixmed.eval.selection import choices_record, read_choices, score_test
     from trixmed.models.model import saved_model_config
     from trixmed.pipeline.predict import route_new_patients
 
     src, dst = RunDir(source_dir), RunDir(cfg.run_dir)
     if src.root.resolve() == dst.root.resolve():
         raise TrixmedError("--from", f"{src.root} is the target run directory itself; transfer needs another run")
-    if not src.metrics.is_file():
-        raise TrixmedError(src.metrics, "missing; the source run has no evaluation (run `trixmed run` on it first)")
-    chosen = read_json(src.metrics)
+    choices = read_choices(src.metrics, "transfer --from")
     src_cfg = dataclasses.replace(cfg, model=saved_model_config(src.model("experts")))
     src_vocab = Dataset(src.dataset).vocab
     target = Dataset(dst.dataset)
@@ -92,12 +89,12 @@ def transfer(cfg: Config, source_dir: Path, console: Console) -> dict[str, Any]:
     out, _, _ = route_new_patients(src_cfg, src, src_vocab, mapped, progress="transfer")
     probs = np.zeros((len(samples), len(target.vocab.med)))
     probs[:, columns >= 0] = out["probs"][:, columns[columns >= 0]]
-    threshold, alpha = float(chosen["threshold"]), float(chosen.get("ddi_alpha", 0.0))
-    decided = decode_sets(probs, threshold, target.ddi, alpha)
+    decided = choices.decide(probs, target.ddi)
     coverage["target_medications_not_predictable"] = [c for c, j in zip(target.vocab.med, columns) if j < 0]
     coverage["source_medications_dropped"] = sorted(set(src_vocab.med) - set(target.vocab.med))
     with atomic_dir(dst.transfer(src.root.name)) as tmp:
         write_predictions(tmp / dst.predictions("test").name, [s.visit_key for s in samples], probs, target.vocab.med, decided)
+        carried = dataclasses.replace(choices, threshold_chosen_on=f"source {choices.threshold_chosen_on}",
+                                      ddi_alpha_chosen_on=f"source {choices.ddi_alpha_chosen_on}")
         return score_test(target, cfg.eval, samples, probs, decided, tmp, dst.metrics.name, dst.metrics_table.name,
-                          {"source_run": str(src.root), "threshold": threshold, "ddi_alpha": alpha,
-                           "threshold_chosen_on": "source val", "coverage": coverage})
+                          {"source_run": str(src.root), **choices_record(carried), "coverage": coverage})

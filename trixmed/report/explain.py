@@ -9,7 +9,7 @@ explanation, as JSON (`explain_patient`) and as plain-language text (`format_exp
     profile      the cluster's training visits, from the stratify stage (clusters/profile.json)
     neighbours   the k training visits nearest to the patient in that same z-scored PCA space,
                  shown by their codes only (no patient or visit identifier)
-    medications  each recommended drug (probability ≥ the run's validation threshold): its share
+    medications  each recommended drug (the run's decision rule: threshold and α chosen on validation): its share
                  of the cluster's and of all training visits, the patient's earlier visits that
                  had it, and the interacting pairs of the recommended set (the run's DDI matrix)
 """
@@ -22,14 +22,15 @@ import numpy as np
 
 from trixmed.config import Config
 from trixmed.data.dataset import Dataset, Sample
+from trixmed.eval.selection import Choices
 from trixmed.report.run_data import cluster_profiles, med_shares, trained_config, training_view
 from trixmed.run_dir import RunDir
 
 PROFILE_CODES = 5     # codes per kind shown from the cluster profile
 
 
-def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, threshold: float, *,
-                    neighbours: int = 5, alpha: float = 0.0) -> dict[str, Any]:
+def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, choices: Choices, *,
+                    neighbours: int = 5) -> dict[str, Any]:
     """The explanation of `sample` (its last visit is the one prescribed for) as plain JSON data."""
     from trixmed.cluster import ClusterTransform
     from trixmed.models import load_model
@@ -39,7 +40,7 @@ def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, thresh
 
     cfg = trained_config(cfg, rd)
     titles = CodeTitles.default()
-    predicted = predict_patient(cfg, rd, sample, ds, threshold, alpha)
+    predicted = predict_patient(cfg, rd, sample, ds, choices)
     warm = load_model(rd.model("warmup"), cfg, ds.vocab)
     features = infer(warm, collator_for(cfg, ds.vocab), [sample])["pooled"]
     transform = ClusterTransform.load(rd.clusters)
@@ -96,8 +97,8 @@ def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, thresh
             "diag": coded("diag", view.samples[i].current.diag),
             "med": coded("med", view.samples[i].target),
         } for r, i in enumerate(nearest)],
-        "threshold": threshold,
-        "ddi_alpha": alpha,
+        "threshold": choices.threshold,
+        "ddi_alpha": choices.ddi_alpha,
         "recommendations": [{
             "code": code,
             "name": titles.med(code),

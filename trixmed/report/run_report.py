@@ -23,6 +23,7 @@ from trixmed.config import Config
 from trixmed.console import Console
 from trixmed.data.dataset import Dataset
 from trixmed.errors import TrixmedError
+from trixmed.eval.selection import read_choices
 from trixmed.io import read_json, write_json
 from trixmed.report import coherence as coh
 from trixmed.report import figures as figs
@@ -78,6 +79,7 @@ def build_run_report(cfg: Config, rd: RunDir, *, map_visits: int = SAMPLE_VISITS
     cfg = trained_config(cfg, rd)
     ds = Dataset(rd.dataset)
     metrics = read_json(rd.metrics)
+    choices = read_choices(rd.metrics, "report")
     profiles = cluster_profiles(rd)
     view = training_view(rd, ds)
     k = view.num_clusters
@@ -104,7 +106,7 @@ def build_run_report(cfg: Config, rd: RunDir, *, map_visits: int = SAMPLE_VISITS
             "expert_load_share": [_r(float(v)) for v in chosen.mean(0)],
             "expert_mean_gate": [_r(float(v)) for v in gates.mean(0)],
         }
-    per_cluster = per_cluster_accuracy(rd, ds, metrics["threshold"], k)
+    per_cluster = per_cluster_accuracy(rd, ds, k)
     histories = {p: read_json(rd.history(p)) for p in rd.PHASES if rd.history(p).is_file()}
     ablations = _ablations(rd)
 
@@ -113,7 +115,8 @@ def build_run_report(cfg: Config, rd: RunDir, *, map_visits: int = SAMPLE_VISITS
         "dataset": {key: ds.card[key] for key in ("patients", "visits") if key in ds.card},
         "model": {"backbone": cfg.model.backbone, "router": cfg.model.moe.router, "num_experts": cfg.model.moe.num_experts,
                   "top_n": cfg.model.moe.top_n, "renormalize": cfg.model.moe.renormalize, "num_clusters": k},
-        "threshold": metrics["threshold"],
+        "threshold": choices.threshold,
+        "ddi_alpha": choices.ddi_alpha,
         "metrics": metrics["metrics"],
         "bootstrap": metrics["bootstrap"],
         "ablations": ablations,
@@ -151,7 +154,7 @@ def patient_map(view: TrainingView, max_visits: int, seed: int) -> tuple[np.ndar
 
 
 
-def per_cluster_accuracy(rd: RunDir, ds: Dataset, threshold: float, num_clusters: int) -> list[dict[str, Any]]:
+def per_cluster_accuracy(rd: RunDir, ds: Dataset, num_clusters: int) -> list[dict[str, Any]]:
     """Test metrics of the visits of each cluster, from the evaluate stage's predictions file."""
     from trixmed.cluster import load_assignments
     from trixmed.eval.metrics import multilabel_metrics, summarize
@@ -224,7 +227,8 @@ def _metrics_section(page: Page, data: dict[str, Any]) -> None:
     rows = [[LABELS[name], m[name]["point"], f"{m[name]['mean']:.4f} ± {m[name]['std']:.4f}"] for name in METRICS if name in m]
     page.table(["metric", "whole test split", f"bootstrap mean ± std ({b['rounds']} × {b['fraction']:.0%} of patients)"],
                [[r[0], cell(r[1], 4), r[2]] for r in rows],
-               caption=f"Decision threshold {data['threshold']:.2f}, chosen on validation. "
+               caption=f"Decision threshold {data['threshold']:.2f} and DDI safety weight α {data['ddi_alpha']:g}, "
+                       "as the run chose them (on validation, unless its config fixes them). "
                        "DDI rate (ground truth) is the rate of the prescribed medication sets of the same test visits.")
     if data["ablations"]:
         shown = ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")
@@ -329,7 +333,7 @@ def _clusters_section(page: Page, data: dict[str, Any], profiles: list[dict[str,
     shown = [name for name in ("jaccard", "f1", "prauc") if name in m]
     page.figure("per_cluster_accuracy", figs.per_cluster_bars(
         {LABELS[name]: [e.get(name, np.nan) for e in pc] for name in shown}, {LABELS[name]: m[name]["point"] for name in shown}),
-        "Test visits grouped by the cluster they were routed to, scored at the run's threshold.")
+        "Test visits grouped by the cluster they were routed to, their sets decided as the run decides them.")
     page.table(["cluster", "test visits", *[LABELS[name] for name in (*shown, "ddi_rate", "avg_drugs")]],
                [[e["cluster"], e["test_visits"], *[e.get(name) for name in (*shown, "ddi_rate", "avg_drugs")]] for e in pc])
 

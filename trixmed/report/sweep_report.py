@@ -1,16 +1,17 @@
 """`trixmed report --tune EXP`: a Ray Tune sweep (`trixmed tune`) as one page — headline figures,
 validation Jaccard and F1 over the grid (the paper's Figure 3: clusters K × experts per visit),
-every trial, the learning curves of the leaders — and the best configuration as a config file
-ready for `trixmed run` (`ExperimentDir.best_config`).
+every trial, the learning curves of the leaders — pointing to the best configuration the sweep
+wrote for `trixmed run` (`ExperimentDir.best_config`).
 
-It reads `summary.json` alone (written by `trixmed tune`; docs/report.md gives its fields), so it
-runs without Ray and in a second. Every score in it is on the validation split: a sweep selects on
-validation and never looks at test. Two validation Jaccards appear, and they differ on purpose:
+It reads what `trixmed tune` wrote, `summary.json` (docs/report.md gives its fields) and whether
+best.yaml is there, so it runs without Ray and in a second. Every score in it is on the validation
+split: a sweep selects on validation and never looks at test. Two validation Jaccards appear, and
+they differ on purpose:
     best per-epoch     at the phase's fixed `val_threshold`, every epoch: what ASHA ranks trials by,
                        known for a trial stopped early too
-    tuned threshold    the best epoch's weights at the threshold chosen on validation, as
-                       `trixmed evaluate` picks it: known for completed trials only, and what the
-                       best trial is chosen by (ties: the earlier trial)
+    decided sets       the best epoch's weights, its sets decided by the evaluate stage's rule
+                       (threshold, then DDI safety weight α, chosen on validation): known for
+                       completed trials only, and what the best trial is chosen by (ties: the earlier)
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from trixmed.config import load_config
 from trixmed.console import Console
 from trixmed.errors import TrixmedError
-from trixmed.io import atomic_file, read_json
+from trixmed.io import read_json
 from trixmed.report import figures as figs
 from trixmed.report.page import Page, cell
 from trixmed.run_dir import ExperimentDir
@@ -41,37 +40,32 @@ AXIS_NAMES = {"stratify.num_clusters": "clusters K", "model.moe.top_n": "experts
 CURVES_SHOWN = 5
 # what the report cannot do without; the times (started, finished, wall_s, trials_per_min, a trial's
 # wall_s) and a trial's error line are shown as "–" when absent
-SUMMARY_KEYS = ("experiment", "run_dir", "space", "scheduler", "trials", "best_config")
+SUMMARY_KEYS = ("experiment", "run_dir", "space", "scheduler", "trials")
 SPACE_KEYS = ("name", "path", "grid", "sample", "num_samples")
 TRIAL_KEYS = ("trial_id", "status", "params", "epochs_run", "epochs_planned", "best_epoch_val_jaccard", "scores",
               "curve")
-SCORE_KEYS = ("jaccard", "f1", "prauc", "threshold")
+SCORE_KEYS = ("jaccard", "f1", "prauc", "threshold", "ddi_alpha")
 CURVE_KEYS = ("epoch", "train_loss", "val_jaccard")
+_NOT_WRITTEN = "the sweep did not write it (the same `trixmed tune` command writes it)"
 
 
 def build_sweep_report(exp: ExperimentDir, console: Console | None = None) -> dict[str, Any]:
-    """Write the sweep's page (`exp.report_html`, `exp.report_markdown` + `exp.report_figures`) and,
-    when a trial completed, `exp.best_config`; return the paths written (`best_config` None when not)."""
+    """Write the sweep's page (`exp.report_html`, `exp.report_markdown` + `exp.report_figures`);
+    return its paths and the sweep's best config (`best_config`: None when the sweep wrote none)."""
     console = console or Console()
     t0 = time.perf_counter()
     summary = read_summary(exp)
     trials = summary["trials"]
     console.line(f"sweep report: {len(trials)} trials of {summary['experiment']} ({exp.summary})")
     best = best_trial(trials)
-    if best is not None and summary["best_config"] is not None:
-        write_best_config(exp, summary, best)
-        written = exp.best_config
-    else:
-        # a best.yaml left from an earlier summary would contradict the page
-        exp.best_config.unlink(missing_ok=True)
-        written = None
-    render_page(exp, summary, best, written).write(exp.report_html, exp.report_markdown, exp.report_figures)
+    best_yaml = exp.best_config if best is not None and exp.best_config.is_file() else None
+    render_page(exp, summary, best, best_yaml).write(exp.report_html, exp.report_markdown, exp.report_figures)
     console.line(f"sweep report in {time.perf_counter() - t0:.1f} s: {exp.report_html} (+ {exp.report_markdown.name}, "
                  f"{exp.report_figures.name}/); "
-                 + (f"best config: {written}" if written else f"no {exp.best_config.name}: "
-                    + ("no trial completed" if best is None else f"{exp.summary.name} has no best_config")))
+                 + (f"best config: {best_yaml}" if best_yaml else f"no {exp.best_config.name}: "
+                    + ("no trial completed" if best is None else _NOT_WRITTEN)))
     return {"html": exp.report_html, "markdown": exp.report_markdown, "figures": exp.report_figures,
-            "best_config": written}
+            "best_config": best_yaml}
 
 
 def read_summary(exp: ExperimentDir) -> dict[str, Any]:
@@ -87,8 +81,8 @@ def read_summary(exp: ExperimentDir) -> dict[str, Any]:
         raise TrixmedError(exp.summary, f"not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != SUMMARY_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else None
-        raise TrixmedError(exp.summary, f"format {found!r}, expected {SUMMARY_FORMAT} "
-                                        "(re-run the same `trixmed tune` command to rewrite it)")
+        raise TrixmedError(exp.summary, f"format {found!r}, expected {SUMMARY_FORMAT} (written by another trixmed: "
+                                        "`trixmed tune` with --force runs the sweep again)")
     _require(raw, SUMMARY_KEYS, exp, "")
     _require(raw["space"], SPACE_KEYS, exp, "space.")
     _require(raw["scheduler"], ("kind",), exp, "scheduler.")
@@ -117,38 +111,13 @@ def _require(obj: Any, keys: tuple[str, ...], exp: ExperimentDir, where: str) ->
 
 
 def ranked(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best first: completed trials by validation Jaccard (tuned threshold), then trials stopped
+    """Best first: completed trials by validation Jaccard (tuned threshold and α), then trials stopped
     early by their best per-epoch validation Jaccard, then errors."""
     def key(t: dict[str, Any]) -> tuple[int, float]:
         score = t["scores"]["jaccard"] if t["status"] == "completed" else t["best_epoch_val_jaccard"]
         return STATUSES.index(t["status"]), -(score if score is not None else -math.inf)
 
     return sorted(trials, key=key)
-
-
-def write_best_config(exp: ExperimentDir, summary: dict[str, Any], best: dict[str, Any]) -> None:
-    """`best_config` (the best trial's whole config, its run_dir the sweep's run directory, whose
-    dataset, warm-up model and features `trixmed run` then reuses), checked with `load_config`
-    before it replaces an earlier file."""
-    raw = summary["best_config"]
-    s = best["scores"]
-    header = [
-        f"Best configuration of the `trixmed tune` experiment {summary['experiment']} ({exp.root})",
-        f"trial {best['trial_id']}: {_params_text(best['params'])}",
-        f"validation: Jaccard {s['jaccard']:.4f}, F1 {s['f1']:.4f}, PRAUC {s['prauc']:.4f} at threshold "
-        f"{s['threshold']:.2f} (its best epoch's weights)",
-        f"Chosen on validation; `trixmed run --config {exp.best_config}` trains it and evaluates it once on test.",
-        "run_dir is the sweep's run directory: its dataset, warm-up model and features are reused.",
-    ]
-    with atomic_file(exp.best_config) as fh:
-        fh.write("".join(f"# {line}\n" for line in header))
-        yaml.safe_dump(raw, fh, sort_keys=False, allow_unicode=True)
-        fh.flush()
-        try:
-            load_config(fh.name)
-        except TrixmedError as exc:
-            raise TrixmedError(exp.summary, f"best_config with trial {best['trial_id']}'s parameters is not a valid "
-                                            f"config: {exc.problem}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,7 +180,7 @@ def _cells(summary: dict[str, Any], keys: list[str], points: list[tuple[Any, ...
     statuses = {t["status"] if t else None for t in shown}
     legend = ""
     if "stopped" in statuses:
-        legend += (f" `{kind}@n`: stopped early by the scheduler after n epochs, so never scored at a tuned threshold "
+        legend += (f" `{kind}@n`: stopped early by the scheduler after n epochs, so never scored at a tuned threshold and α "
                    "(its per-epoch scores are in the trial table).")
     if "error" in statuses:
         legend += " `error`: the trial failed (its error is in the trial table)."
@@ -226,7 +195,7 @@ def _cells(summary: dict[str, Any], keys: list[str], points: list[tuple[Any, ...
         why += [f"{space['num_samples']} samples per grid point"] if space["num_samples"] > 1 else []
         legend += (f" {shared} cell{'s' if shared > 1 else ''} hold several trials"
                    + (f" (differing in {' and '.join(why)})" if why else "")
-                   + ": each shows its best one, by validation Jaccard at the tuned threshold.")
+                   + ": each shows its best one, by validation Jaccard at the tuned threshold and α.")
     return shown, notes, legend
 
 
@@ -252,18 +221,18 @@ def _grid_section(page: Page, summary: dict[str, Any], axes: list[str], best: di
     mark = np.array([best is not None and t is best for t in shown]).reshape(shape)
     page.section("Validation scores over the grid")
     page.paragraph(f"Rows: {_axis_name(rows_key)}; columns: {_axis_name(cols_key)}. A cell is the validation score of "
-                   "its trial's best epoch at the threshold tuned on validation; outlined: the best trial." + legend)
+                   "its trial's best epoch at the threshold and α tuned on validation; outlined: the best trial." + legend)
     for metric, label in (("jaccard", "Jaccard"), ("f1", "F1")):
         matrix = np.array([_score(t, metric) for t in shown], dtype=np.float64).reshape(shape)
         page.figure(f"grid_{metric}", figs.heatmap(
-            matrix, title=f"validation {label} (tuned threshold)", xlabel=_axis_name(cols_key), ylabel=_axis_name(rows_key),
+            matrix, title=f"validation {label} (tuned threshold and α)", xlabel=_axis_name(cols_key), ylabel=_axis_name(rows_key),
             xticks=[str(c) for c in cols], yticks=[str(r) for r in rows], fmt="{:.3f}", mark=mark, notes=grid_notes),
             f"Validation {label} over {_axis_name(rows_key)} × {_axis_name(cols_key)}, as the paper's Figure 3 (which "
             "shows test scores; these are validation).")
         page.table([f"{_short(rows_key)} \\ {_short(cols_key)}", *[str(c) for c in cols]],
                    [[str(r), *[matrix[i, j] if np.isfinite(matrix[i, j]) else grid_notes[i][j] for j in range(len(cols))]]
                     for i, r in enumerate(rows)],
-                   caption=f"Validation {label} (tuned threshold), the figure's numbers.")
+                   caption=f"Validation {label} (tuned threshold and α), the figure's numbers.")
 
 
 def _axis_section(page: Page, summary: dict[str, Any], key: str, best: dict[str, Any] | None) -> None:
@@ -271,7 +240,7 @@ def _axis_section(page: Page, summary: dict[str, Any], key: str, best: dict[str,
     shown, notes, legend = _cells(summary, [key], [(v,) for v in values])
     metrics = {"Jaccard": "jaccard", "F1": "f1", "PRAUC": "prauc"}
     page.section(f"Validation scores by {_axis_name(key)}")
-    page.paragraph("Each group is the validation score of its trial's best epoch at the threshold tuned on validation."
+    page.paragraph("Each group is the validation score of its trial's best epoch at the threshold and α tuned on validation."
                    + legend)
     page.figure(f"axis_{_short(key)}", figs.grouped_bars(
         {label: [_score(t, m) for t in shown] for label, m in metrics.items()},
@@ -293,7 +262,7 @@ def _sample_section(page: Page, summary: dict[str, Any], best: dict[str, Any] | 
         xlabel=key, log_x=isinstance(spec, dict) and "loguniform" in spec,
         best=next((i for i, t in enumerate(trials) if t is best), None)),
         f"One point per trial against the sampled `{key}` ({_spec_text(spec)}): filled, a completed trial's validation "
-        "Jaccard at its tuned threshold; hollow, the best per-epoch validation Jaccard (fixed threshold) of a trial "
+        "Jaccard at its tuned threshold and α; hollow, the best per-epoch validation Jaccard (fixed threshold) of a trial "
         "stopped early; the star is the best trial. Trials that failed are not drawn.")
 
 
@@ -310,11 +279,12 @@ def _trials_section(page: Page, summary: dict[str, Any]) -> None:
         rows.append([t["trial_id"], *[_value(t["params"].get(k)) for k in keys],
                      f"stopped ({kind})" if t["status"] == "stopped" else t["status"],
                      f"{t['epochs_run']}/{t['epochs_planned']}", t["best_epoch_val_jaccard"],
-                     s.get("jaccard"), s.get("f1"), s.get("prauc"), s.get("threshold"), cell(t.get("wall_s"), 1),
+                     s.get("jaccard"), s.get("f1"), s.get("prauc"), s.get("threshold"), s.get("ddi_alpha"),
+                     cell(t.get("wall_s"), 1),
                      t.get("error") or ""])
     page.table(["trial", *[_short(k) for k in keys], "status", "epochs", "best per-epoch val Jaccard",
-                "val Jaccard", "val F1", "val PRAUC", "threshold", "wall s", "error"], rows,
-               caption="Best first: completed trials by validation Jaccard at the tuned threshold, then trials stopped "
+                "val Jaccard", "val F1", "val PRAUC", "threshold", "α", "wall s", "error"], rows,
+               caption="Best first: completed trials by validation Jaccard at the tuned threshold and α, then trials stopped "
                        "early by their best per-epoch validation Jaccard (fixed threshold, what the scheduler ranks), "
                        "then errors. Parameters: " + ", ".join(f"{_short(k)} = `{k}`" for k in keys) + ".")
 
@@ -337,17 +307,17 @@ def _best_section(page: Page, exp: ExperimentDir, summary: dict[str, Any], best:
     page.section("Best configuration")
     if best is None:
         page.paragraph(f"No trial completed ({counts['stopped']} stopped early, {counts['error']} failed), so no trial "
-                       f"was scored at a tuned threshold and no `{exp.best_config.name}` was written. The trial table "
+                       f"was scored at a tuned threshold and α and no `{exp.best_config.name}` was written. The trial table "
                        "shows how far each got and why a trial failed.")
         return
     s = best["scores"]
-    page.paragraph(f"Trial `{best['trial_id']}` has the highest validation Jaccard at its tuned threshold of the "
+    page.paragraph(f"Trial `{best['trial_id']}` has the highest validation Jaccard at its tuned threshold and α of the "
                    f"{counts['completed']} completed trials: Jaccard **{s['jaccard']:.4f}**, F1 {s['f1']:.4f}, "
-                   f"PRAUC {s['prauc']:.4f}, threshold {s['threshold']:.2f}.")
+                   f"PRAUC {s['prauc']:.4f}, threshold {s['threshold']:.2f}, DDI safety weight α {s['ddi_alpha']:g}.")
     page.table(["setting", "value"], [[k, _value(v)] for k, v in best["params"].items()],
                caption="The best trial's parameters: the overrides of the sweep's base config.")
     if best_yaml is None:
-        page.paragraph(f"{exp.summary.name} holds no `best_config`, so no `{exp.best_config.name}` was written.")
+        page.paragraph(f"No `{exp.best_config.name}`: {_NOT_WRITTEN}.")
         return
     page.paragraph(f"`{best_yaml}` is that configuration in full. `trixmed run --config {best_yaml}` trains it in the "
                    f"sweep's run directory `{summary['run_dir']}` (its dataset, warm-up model and features are reused) "

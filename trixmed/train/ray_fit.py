@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trixmed.config import Config, DistributedConfig, to_dict
+from trixmed.config import Config, DistributedConfig
 from trixmed.console import Console
 from trixmed.errors import TrainingStopped
 from trixmed.run_dir import HISTORY_FILE, RunDir
@@ -58,11 +58,11 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
 
 
 def trainer_spec(cfg: Config, phase: str, out_dir: Path) -> dict[str, Any]:
-    """The plain-data spec every rank's `Trainer` is built from (see trainer.py)."""
+    """The spec every rank's `Trainer` is built from (see trainer.py)."""
     rd = RunDir(Path(cfg.run_dir).resolve())
     log_dir = workers_log_dir(cfg)
     return {
-        "config": to_dict(cfg),
+        "config": cfg,
         "phase": phase,
         "run_dir": str(rd.root),
         "out_dir": str(Path(out_dir).resolve()),

@@ -11,7 +11,7 @@
 `Trainer.fit` runs that loop under Ray Train (`RayTrainSession`); a sweep's long-lived workers
 drive the same steps one epoch at a time (`worker_group.py`, `GroupSession`). DeepSpeed and
 expert parallelism are the strategy's business (`deepspeed_strategy.py`), the model knows
-nothing of them. `spec` is plain data built by `ray_fit.fit`: config (dict), phase, run_dir,
+nothing of them. `spec` is built by `ray_fit.trainer_spec`: config (the `Config`), phase, run_dir,
 out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (the
 progress file rank 0 appends to), stop_file (`RunDir.stop_request`), fail_marker.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trixmed.config import Config, PhaseConfig, from_dict
+from trixmed.config import Config, PhaseConfig
 from trixmed.console import redirect_output
 from trixmed.data.dataset import Dataset, Sample
 from trixmed.run_dir import CHECKPOINT_STATE, HISTORY_FILE, MODEL_DIR, STOP_AT_STEP, RunDir
@@ -105,7 +105,7 @@ class Trainer:
     def __init__(self, spec: dict[str, Any], session: Any):
         self.spec = spec
         self.session = session   # RayTrainSession, or a worker group's GroupSession
-        self.cfg: Config = from_dict(Config, spec["config"], "<trainer>", "")
+        self.cfg: Config = spec["config"]
         self.phase: str = spec["phase"]
         self.pcfg = phase_config(self.cfg, self.phase)
         self.rd = RunDir(spec["run_dir"])

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trixmed.config import Config, DistributedConfig, from_dict
+from trixmed.config import Config, DistributedConfig
 from trixmed.console import Console, redirect_output
 from trixmed.run_dir import RunDir
 from trixmed.train.progress import ProgressFollower
@@ -196,8 +196,8 @@ class WorkerGroup:
 class WorkerLeases:
     """Lends worker groups, one caller at a time per group (a named Ray actor with a thread per call)."""
 
-    def __init__(self, distributed: dict[str, Any], slots: int, log_dir: str | None):
-        self.dist = from_dict(DistributedConfig, distributed, "<worker leases>", "distributed")
+    def __init__(self, distributed: DistributedConfig, slots: int, log_dir: str | None):
+        self.dist = distributed
         self.log_dir = log_dir
         self.free = list(range(slots))
         self.groups: dict[int, WorkerGroup] = {}
@@ -239,12 +239,11 @@ def start_leases(name: str, cfg: Config, slots: int) -> Any:
     its groups end with the caller's process). The groups' ranks log to the run's logs."""
     import ray
 
-    from trixmed.config import to_dict
     from trixmed.train.ray_session import workers_log_dir
 
     log_dir = workers_log_dir(cfg)
     return ray.remote(WorkerLeases).options(name=name, num_cpus=0, max_concurrency=slots + 2).remote(
-        to_dict(cfg)["distributed"], slots, str(log_dir.resolve()) if log_dir else None)
+        cfg.distributed, slots, str(log_dir.resolve()) if log_dir else None)
 
 
 def leased_fit(leases_name: str) -> Callable[..., dict[str, Any]]:

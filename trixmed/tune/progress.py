@@ -42,7 +42,8 @@ class SweepProgress(Callback):
         result = trial.last_result or {}
         scores = result.get("scores")
         if scores:
-            what = f"val jaccard {scores['jaccard']:.4f}, f1 {scores['f1']:.4f} (threshold {scores['threshold']:.2f})"
+            what = (f"val jaccard {scores['jaccard']:.4f}, f1 {scores['f1']:.4f} (threshold {scores['threshold']:.2f}, "
+                    f"α {scores['ddi_alpha']:g})")
         else:
             what = f"stopped by the scheduler after epoch {result.get('epoch', 0)} (val jaccard {result.get('val_jaccard', float('nan')):.4f})"
         self._end(trial, what)

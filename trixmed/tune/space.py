@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trixmed.config import Config, from_dict, read_yaml_mapping, set_key, to_dict
+from trixmed.config import Config, read_yaml_mapping, replace_key
 from trixmed.errors import TrixmedError
 
 SAMPLERS = ("uniform", "loguniform", "choice", "randint")
@@ -58,12 +58,11 @@ class SearchSpace:
 
     def apply(self, base: Config, params: dict[str, Any]) -> Config:
         """`base` with a trial's parameters (and the keys that follow them) set, validated."""
-        raw = to_dict(base)
         full = self.complete(params)
-        for key, value in full.items():
-            set_key(raw, key, value)
         where = f"{self.path}: {', '.join(f'{k}={v}' for k, v in full.items())}"
-        cfg = from_dict(Config, raw, where, "")
+        cfg = base
+        for key, value in full.items():
+            cfg = replace_key(cfg, key, value, where)
         try:
             cfg.validate()
         except TrixmedError as exc:

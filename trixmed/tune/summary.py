@@ -1,19 +1,23 @@
-"""summary.json: what a finished sweep leaves for people and for `trixmed report --tune`.
+"""summary.json and best.yaml: what a finished sweep leaves for people, for `trixmed report --tune`
+and for `trixmed run`.
 
-    {"format": 1, "experiment", "experiment_dir", "run_dir", "space": {...}, "scheduler": {...},
+    {"format": 2, "experiment", "experiment_dir", "run_dir", "space": {...}, "scheduler": {...},
      "selected_on": "val", "finished", "wall_s", "trials_per_min",
      "trials": [{"trial_id", "name", "status": completed | stopped | error, "params",
                  "epochs_run", "epochs_planned", "best_epoch_val_jaccard", "scores" | null,
                  "curve": [{"epoch", "train_loss", "val_jaccard"}], "wall_s", "train_s",
                  "timings": {"stratify_s", "experts_s", "scoring_s", "total_s"},
                  "error" | null, "log", "run_dir"}],
-     "best": {"trial_id", "params", "scores"} | null,
-     "best_config": the whole config of the best trial, run_dir the sweep's run | null}
+     "best": {"trial_id", "params", "scores"} | null}
+
+    scores: {"jaccard", "f1", "prauc", "ddi_rate", "avg_drugs", "threshold", "ddi_alpha"}
 
 Two validation Jaccards, on purpose: `best_epoch_val_jaccard` is the per-epoch score at the phase's
 fixed `val_threshold` (what ASHA ranks, known for trials it stopped too); `scores` are the best
-epoch's weights at the threshold chosen on validation, as `evaluate` picks it (completed trials
-only). The best trial is the completed one with the highest `scores.jaccard`; test is never scored.
+epoch's weights with their sets decided by the evaluate stage's rule, threshold then DDI safety
+weight α chosen on validation (`trixmed.eval.selection`; completed trials only). The best trial is
+the completed one with the highest `scores.jaccard`, the one `evaluate` would rank first on the same
+validation split; test is never scored. best.yaml is its whole config (`write_best_config`).
 """
 
 from __future__ import annotations
@@ -22,24 +26,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trixmed.config import Config, to_dict
-from trixmed.io import read_json
+from trixmed.io import atomic_file, read_json
 from trixmed.run_dir import ExperimentDir
 from trixmed.tune.space import SearchSpace
 from trixmed.tune.trial import TIMINGS_FILE, TRIAL_LOG, TRIAL_PREFIX
 
-FORMAT = 1
+FORMAT = 2   # 2: scores decided with the validation α too; best.yaml written by the sweep
 METRIC = "val_jaccard"   # per-epoch validation Jaccard at the phase's val_threshold: what ASHA ranks
 STATUSES = ("completed", "stopped", "error")
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The completed trial with the highest validation Jaccard at its tuned threshold (ties: the
+    """The completed trial with the highest validation Jaccard of its decided sets (ties: the
     earlier); a trial stopped early has no such score and is never the best."""
     done = [t for t in trials if t["status"] == "completed"]
     return max(done, key=lambda t: t["scores"]["jaccard"], default=None)
-
-
 
 
 def build_summary(cfg: Config, space: SearchSpace, exp: ExperimentDir, results: Any, wall_s: float) -> dict[str, Any]:
@@ -47,10 +51,6 @@ def build_summary(cfg: Config, space: SearchSpace, exp: ExperimentDir, results: 
     trials = [_trial_entry(space, r, cfg.experts.epochs) for r in results]
     trials.sort(key=lambda t: t["trial_id"])
     best = best_trial(trials)
-    best_config = None
-    if best is not None:
-        best_config = to_dict(space.apply(cfg, best["params"]))
-        best_config["run_dir"] = cfg.run_dir
     t = cfg.tune
     return {
         "format": FORMAT,
@@ -68,8 +68,32 @@ def build_summary(cfg: Config, space: SearchSpace, exp: ExperimentDir, results: 
         "trials_per_min": round(60 * len(trials) / wall_s, 3) if wall_s > 0 else None,
         "trials": trials,
         "best": None if best is None else {k: best[k] for k in ("trial_id", "params", "scores")},
-        "best_config": best_config,
     }
+
+
+def write_best_config(exp: ExperimentDir, summary: dict[str, Any], base: Config, space: SearchSpace) -> Path | None:
+    """best.yaml: the best trial's whole config, `base` (whose run_dir is the sweep's run directory:
+    `trixmed run` reuses its dataset, warm-up model and features) with the trial's parameters.
+    Without a best trial, an earlier sweep's file is removed rather than left to contradict the
+    summary. Returns the path written, or None."""
+    best = summary["best"]
+    if best is None:
+        exp.best_config.unlink(missing_ok=True)
+        return None
+    s = best["scores"]
+    header = [
+        f"Best configuration of the `trixmed tune` experiment {summary['experiment']} ({exp.root})",
+        f"trial {best['trial_id']}: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()),
+        f"validation: Jaccard {s['jaccard']:.4f}, F1 {s['f1']:.4f}, PRAUC {s['prauc']:.4f} at threshold "
+        f"{s['threshold']:.2f}, DDI safety weight α {s['ddi_alpha']:g} (its best epoch's weights)",
+        f"Chosen on validation; `trixmed run --config {exp.best_config}` trains it and evaluates it once on test.",
+        "run_dir is the sweep's run directory: its dataset, warm-up model and features are reused.",
+    ]
+    with atomic_file(exp.best_config) as fh:
+        fh.write("".join(f"# {line}\n" for line in header))
+        yaml.safe_dump(to_dict(space.apply(base, best["params"])), fh, sort_keys=False, allow_unicode=True)
+    return exp.best_config
 
 
 def _trial_entry(space: SearchSpace, result: Any, epochs: int) -> dict[str, Any]:

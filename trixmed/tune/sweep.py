@@ -5,7 +5,8 @@
     worker groups                    started once, at the first trial (`tune.trainer: workers`)
     trials                           stratify + experts + validation scores each (trial.py), scheduled
                                      by ASHA on the per-epoch validation Jaccard
-    summary.json                     every trial, and the best one chosen on validation
+    summary.json, best.yaml          every trial, and the best one chosen on validation: its whole
+                                     config, ready for `trixmed run`
 
 The experiment lives in `<run_dir>/tune/<space>/` (`ExperimentDir`). Running the same command
 again resumes an interrupted sweep with `Tuner.restore` (finished trials are kept, not re-run);
@@ -32,8 +33,8 @@ from trixmed.io import read_json, write_json
 from trixmed.pipeline.stages import check_dataset_fits, run_stage
 from trixmed.run_dir import ExperimentDir, RunDir
 from trixmed.tune.space import SearchSpace
-from trixmed.tune.summary import METRIC, build_summary
-from trixmed.tune.trial import SHARED_STAGES, clustering_key, shared_clusters, trial_dirname, trial_main
+from trixmed.tune.summary import FORMAT, METRIC, build_summary, write_best_config
+from trixmed.tune.trial import SHARED_STAGES, TrialSpec, clustering_key, shared_clusters, trial_dirname, trial_main
 
 CLUSTERINGS_LOG = "clusterings.log"
 # keys that say where or how fast a sweep runs, not what its trials train: free to change on resume
@@ -50,7 +51,7 @@ class SweepResult:
 
 def run_sweep(cfg: Config, space: SearchSpace, *, name: str | None = None, force: bool = False,
               verbose: bool = False, console: Console | None = None) -> SweepResult:
-    """Validate the space on `cfg`, run the shared stages, then the trials; write summary.json."""
+    """Validate the space on `cfg`, run the shared stages, then the trials; write summary.json and best.yaml."""
     console = console or Console()
     rd = RunDir(Path(cfg.run_dir).resolve())
     cfg.run_dir = str(rd.root)
@@ -63,7 +64,7 @@ def run_sweep(cfg: Config, space: SearchSpace, *, name: str | None = None, force
         run_stage(cfg, stage, console=console)
 
     leases = f"trixmed-workers-{uuid.uuid4().hex[:12]}" if cfg.tune.trainer == "workers" else None
-    tuner = _tuner(cfg, space, exp, rd, leases, force=force, verbose=verbose)
+    tuner = _tuner(cfg, space, exp, leases, force=force, verbose=verbose)
     t0 = time.perf_counter()
     # every trial of a grid point reads the same clusters: compute each setting once, up front,
     # unless a sampled key changes them (then the first trial that needs one computes it)
@@ -91,6 +92,7 @@ def run_sweep(cfg: Config, space: SearchSpace, *, name: str | None = None, force
                               "worker_group_starts_s": group_starts, "trials_started_at": trials_started_at,
                               "trials_ended_at": trials_ended_at}
     write_json(exp.summary, summary)
+    write_best_config(exp, summary, cfg, space)
     return SweepResult(exp, summary, 0)
 
 
@@ -108,7 +110,7 @@ def _clusterings(configs: list[Config], rd: RunDir, exp: ExperimentDir, console:
     console.line(f"[tune] clusterings done in {time.perf_counter() - t0:.1f} s (profiles: {log})")
 
 
-def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, rd: RunDir, leases: str | None, *,
+def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, leases: str | None, *,
            force: bool, verbose: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -119,14 +121,19 @@ def _tuner(cfg: Config, space: SearchSpace, exp: ExperimentDir, rd: RunDir, leas
     from trixmed.tune.scheduler import GracefulASHA
 
     ensure_ray(cfg)
-    record = {"space": {k: v for k, v in space.to_dict().items() if k != "path"}, "config": _trial_keys(cfg)}
+    # the summary's format too: the finished trials of an older one were scored by another rule
+    record = {"format": FORMAT, "space": {k: v for k, v in space.to_dict().items() if k != "path"},
+              "config": _trial_keys(cfg)}
     if force and exp.root.exists():
         shutil.rmtree(exp.root)
-    spec = {"config": to_dict(cfg), "space": space.to_dict(), "run_dir": str(rd.root), "experiment": str(exp.root),
-            "leases": leases}
-    trainable = tune.with_resources(tune.with_parameters(trial_main, spec=spec), {"CPU": cfg.tune.trial_cpus})
+    trainable = tune.with_resources(tune.with_parameters(trial_main, spec=TrialSpec(cfg, space, exp.root, leases)),
+                                    {"CPU": cfg.tune.trial_cpus})
     if exp.sweep.is_file():
-        if read_json(exp.sweep) != record:
+        started = read_json(exp.sweep)
+        if started.get("format") != FORMAT:
+            raise TrixmedError(exp.sweep, "this experiment was started by an older trixmed, which scored its trials "
+                               "by another rule; pass --force to start it over, or --name to keep both")
+        if started != record:
             raise TrixmedError(exp.sweep, "this experiment was started with another search space or config; "
                                "pass --force to start it over, or --name to keep both")
         if tune.Tuner.can_restore(str(exp.root)):

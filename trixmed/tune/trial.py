@@ -7,8 +7,9 @@ setting in `<experiment>/shared/<hash>/` and linked by every trial that uses the
 train through the same stage as `trixmed run`, on one of the sweep's worker groups (`tune.trainer:
 workers`, started once per sweep: train/worker_group.py; the trial reports each epoch to Tune) or
 in a Ray Train run of their own (`ray_train`; its `TuneReportCallback` reports the epochs). A last
-report adds the validation scores with the decision threshold chosen on validation. Test visits
-are never scored here.
+report adds the validation scores of the sets the evaluate stage's rule decides (threshold, then DDI
+safety weight α, both chosen on validation: `trixmed.eval.selection`). Test visits are never scored
+here.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import dataclasses
 import fcntl
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from trixmed.config import Config, from_dict
+from trixmed.config import Config
 from trixmed.console import Console, redirect_output
 from trixmed.io import read_json, write_json
 from trixmed.pipeline.stages import STAGES, config_hash, run_stage
@@ -37,35 +37,41 @@ TRIAL_PREFIX = "trial_"        # a trial's directory: trial_<Tune's trial id>
 TIMINGS_FILE = "timings.json"   # seconds the trial spent in each of its steps (benchmarks/tune.py reads them)
 
 
-def trial_main(params: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Ray Tune's entry point. `spec`: base config (dict), space (dict), run_dir, experiment, and
-    `leases`: the name of the sweep's `WorkerLeases` actor (None: each trial runs Ray Train)."""
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of a sweep shares, handed to Ray Tune as it is (pickled, not rebuilt)."""
+
+    config: Config          # the sweep's base config, its run_dir the base run
+    space: SearchSpace
+    experiment: Path
+    leases: str | None      # the name of the sweep's `WorkerLeases` actor (None: each trial runs Ray Train)
+
+
+def trial_main(params: dict[str, Any], spec: TrialSpec) -> None:
+    """Ray Tune's entry point: one trial with `params` over the shared `spec`."""
     from ray import tune
 
     from trixmed.errors import TrainingStopped
 
     context = tune.get_context()
     # the trial's directory in the experiment (shared storage on a cluster), not Tune's local copy
-    rd = trial_run(Path(spec["experiment"]), context.get_trial_id())
+    rd = trial_run(spec.experiment, context.get_trial_id())
     rd.logs.mkdir(parents=True, exist_ok=True)
     # the trial's own output (stage lines, DeepSpeed, torch) goes to its log, not the sweep's console
     redirect_output(rd.logs / TRIAL_LOG)
-    space = SearchSpace(**spec["space"])
-    base = from_dict(Config, spec["config"], "<sweep>", "")
-    cfg = space.apply(base, params)
-    cfg.run_dir = str(rd.root)
+    cfg = dataclasses.replace(spec.space.apply(spec.config, params), run_dir=str(rd.root))
     console = Console()
-    console.line(f"[trial {context.get_trial_id()}] {space.complete(params)}")
+    console.line(f"[trial {context.get_trial_id()}] {spec.space.complete(params)}")
 
     clock = _Clock(rd.root / TIMINGS_FILE)
-    base_rd = RunDir(spec["run_dir"])
+    base_rd = RunDir(spec.config.run_dir)
     _link_stages(base_rd, rd, SHARED_STAGES)
-    _shared_clusters(cfg, base_rd, ExperimentDir(spec["experiment"]), rd, console)
+    _shared_clusters(cfg, base_rd, ExperimentDir(spec.experiment), rd, console)
     clock.lap("stratify_s")
     if cfg.test_hooks.fail_trial:
         raise RuntimeError(f"test_hooks.fail_trial is set: trial {context.get_trial_id()} fails on purpose")
     try:
-        run_stage(cfg, "experts", console=console, fit=_trial_fit(spec.get("leases")),
+        run_stage(cfg, "experts", console=console, fit=_trial_fit(spec.leases),
                   run_prefix=f"{context.get_trial_name()}-")
     except TrainingStopped as stop:
         clock.lap("experts_s")
@@ -106,21 +112,14 @@ def trial_run(experiment: Path, trial_id: str) -> RunDir:
 
 
 def score_validation(cfg: Config, rd: RunDir) -> dict[str, float]:
-    """Validation metrics of the trained experts, the decision threshold chosen on validation
-    (the same choice `evaluate` makes before it scores test once)."""
+    """Validation scores of the trained experts, their sets decided by the evaluate stage's rule."""
     from trixmed.data.dataset import Dataset
-    from trixmed.eval.metrics import choose_threshold, multilabel_metrics, summarize
+    from trixmed.eval.selection import validation_scores
     from trixmed.pipeline.predict import model_predictions
 
     ds = Dataset(rd.dataset)
     val = model_predictions(cfg, rd, ds, "val")
-    y_true = ds.multi_hot([s.target for s in val.samples]).astype(bool)
-    threshold = cfg.eval.threshold
-    if threshold is None:
-        threshold = float(choose_threshold(y_true, val.probs))
-    per_visit = multilabel_metrics(y_true, val.probs >= threshold, val.probs, ds.ddi)
-    point = summarize(per_visit, np.array([s.patient_id for s in val.samples]), cfg.eval.average)
-    return {**{k: point[k] for k in ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")}, "threshold": threshold}
+    return validation_scores(ds, cfg.eval, val.samples, val.probs)
 
 
 class _Clock:
