@@ -66,10 +66,14 @@ def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     logs = RunDir(cfg.run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
     address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
-    env_vars = dict(_TRAIN_POLL)   # the controller is one of this job's processes: its runtime env has it
+    # A local Ray's processes inherit this process's environment; a cluster's get it through the
+    # job's runtime env. Locally the runtime env stays empty where it can: Ray's prestarted idle
+    # workers serve only the default one, and each actor would otherwise start a process.
+    os.environ.update(_TRAIN_POLL)
+    env_vars = dict(_TRAIN_POLL) if address else {}
     if dashboard or address:
-        os.environ.update(_TRAIN_STATE)   # a local Ray's processes inherit it
-        env_vars.update(_TRAIN_STATE)     # a cluster's job processes get it through the runtime env
+        os.environ.update(_TRAIN_STATE)
+        env_vars.update(_TRAIN_STATE)
     common = dict(log_to_driver=verbose, configure_logging=verbose, runtime_env={"env_vars": env_vars})
     # Without configure_logging, ray.init empties the "ray" logger, and what it logs while starting
     # (the token-auth notice) falls through to Python's last-resort handler on sys.stderr: catch it
