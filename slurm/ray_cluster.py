@@ -50,7 +50,7 @@ def wait_nodes(count: int, timeout: float) -> list[dict[str, Any]]:
         if time.monotonic() > deadline:
             raise SystemExit(f"ray_cluster.py: only {len(nodes)} of {count} Ray nodes joined within {timeout:g} s "
                              f"({', '.join(n['ip'] for n in nodes) or 'none'}): see ray-worker-*.log in the job's log directory")
-        time.sleep(0.5)
+        time.sleep(0.1)   # the job waits on this poll before trixmed starts
 
 
 def placement() -> dict[str, Any]:
