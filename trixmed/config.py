@@ -388,7 +388,7 @@ class TuneConfig:
     trial_cpus: float = 0.01        # CPU reserved by a trial's own process, beside its training workers
     max_failures: int = 0           # retries of a failed trial before it is recorded as an error
     # workers: trials train on worker groups started once per sweep (one per concurrent trial), no
-    #   per-trial start-up and no per-epoch checkpoints (a retried trial starts over)
+    #   per-trial start-up; per-epoch checkpoints on the run directory's disk (a restored trial resumes)
     # ray_train: each trial runs its own Ray Train run (per-epoch checkpoints, a Train run per trial
     #   on the dashboard), ~25 s of start-up a trial on 2 cores
     trainer: str = "workers"

@@ -18,7 +18,9 @@
                         and rank 0's progress events of each training phase
         tensorboard/    event files of the training phases
         tune/<space>/   `trixmed tune`: one Ray Tune experiment per search space (`ExperimentDir`)
-        .ray/           Ray Train storage: per-phase checkpoints used to resume
+        .ray/<run>/     one training run's checkpoints, used to resume it (`run_storage`): Ray Train's
+                        storage, or a sweep worker group's latest checkpoint; <run> is <phase>-<hash>
+                        of the stage's inputs and config (a trial's prefixed with its name)
         .lock           the command writing into this directory: its host, pid, start, SLURM job (JSON);
                         one writer at a time (trixmed/run_lock.py); .lock.guard is flocked to take over a stale one
 
@@ -221,7 +223,13 @@ class RunDir:
 
     @property
     def ray_storage(self) -> Path:
+        """Ray Train's storage path: `run_storage` of every run name."""
         return self.root / ".ray"
+
+    def run_storage(self, run_name: str) -> Path:
+        """The checkpoints of the training run `run_name` (Ray Train's, or a worker group's:
+        train/session.py); hidden, so never part of a content hash."""
+        return self.ray_storage / run_name
 
     @property
     def tune(self) -> Path:

@@ -195,8 +195,8 @@ def test_a_worker_group_trains_run_after_run_like_ray_train(reference, tmp_path)
     try:
         for run in ("a", "b"):
             reported = []
-            history = group.fit(cfg, "experts", tmp_path / run, console=Console(stream=io.StringIO()),
-                                on_epoch=reported.append)
+            history = group.fit(cfg, "experts", tmp_path / run, run_name="experts-test",
+                                console=Console(stream=io.StringIO()), on_epoch=reported.append)
             assert history["world_size"] == 2 and len(reported) == len(history["epochs"])
             np.testing.assert_allclose([l for e in history["epochs"] for l in e["step_losses"]],
                                        [l for e in ref["epochs"] for l in e["step_losses"]], atol=1e-4)

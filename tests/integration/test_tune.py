@@ -4,7 +4,8 @@ group, writes the summary, the report and a best config that `trixmed run --dry-
 best trial the one the evaluate stage ranks first on validation; a
 rank lost in a trial breaks only that trial and its worker group; a failing trial leaves the other
 complete while, with `tune.trainer=ray_train`, the trials' Ray Train runs show in the dashboard; an
-interrupted sweep resumes without re-running its finished trials."""
+interrupted sweep resumes without re-running its finished trials, and its unfinished trial from the
+checkpoint of its last epoch, under either trainer."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser import check_page
 
@@ -216,3 +218,67 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(base, tm
             f"{name} ran again"
     # only the unfinished trials started in the second run
     assert second.stdout.count("started: ") == 3 - len(finished)
+
+
+def _rows(trial_dir: Path) -> list[dict]:
+    """The epochs a trial has reported to Tune (result.json; the scoring report has no train loss)."""
+    path = trial_dir / "result.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [row for row in map(json.loads, lines) if "train_loss" in row]
+
+
+@pytest.mark.parametrize("trainer", ["workers", "ray_train"])
+def test_a_restored_trial_resumes_from_its_last_epoch(base, tmp_path, trainer):
+    # The same trial twice (test hooks are in no stage's hash): one straight through, then one with
+    # slow steps, interrupted with the sweep once Tune has its first epoch (reported after the
+    # epoch's checkpoint is saved; the next takes seconds, and may be saved before the sweep ends).
+    name = f"resume_epoch_{trainer}"
+    space = _space(tmp_path, name, {"stratify.num_clusters": [2], "test_hooks.step_delay_s": [0.0, 0.5]})
+    command = [TRIXMED, "tune", str(space), *_args(base, "tune.scheduler=fifo", f"tune.trainer={trainer}")]
+    exp = RunDir(base).experiment(name)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 400
+    while True:
+        slow = [d for d in exp.root.glob("trial_*") if (d / "params.json").is_file()
+                and json.loads((d / "params.json").read_text())["test_hooks.step_delay_s"] == 0.5]
+        if slow and _rows(slow[0]):
+            break
+        assert first.poll() is None, "trixmed tune ended early:\n" + first.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the slow trial reported no epoch"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 130, out[-3000:]
+    before = _rows(slow[0])
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    summary = json.loads(exp.summary.read_text())
+    by_delay = {t["params"]["test_hooks.step_delay_s"]: t for t in summary["trials"]}
+    assert [t["status"] for t in by_delay.values()] == ["completed", "completed"]
+    resumed, straight = (RunDir(by_delay[d]["run_dir"]) for d in (0.5, 0.0))
+    events = [json.loads(line) for line in resumed.progress("experts").read_text().splitlines()]
+    said = [e["text"] for e in events if e["kind"] == "message" and "resumed" in e["text"]]
+    assert len(said) == 1, said
+    k = int(re.fullmatch(r"\[experts\] resumed from its checkpoint after epoch (\d) \(step \d+\)", said[0]).group(1))
+    # the group may finish the epochs it was in while the sweep shuts down: resumed after its last
+    # one, it trains nothing and exports; either way no epoch is trained twice (below)
+    assert before[-1]["epoch"] <= k <= 3
+    # every epoch trained once, across the two attempts: those Tune had from the first are its records
+    trained = [int(re.search(r"epoch (\d+)/", e["text"]).group(1)) for e in events if e["kind"] == "epoch"]
+    assert trained == [1, 2, 3]
+    history = json.loads(resumed.history("experts").read_text())
+    for row in before:
+        record = history["epochs"][row["epoch"] - 1]
+        assert {key: record[key] for key in ("train_loss", "train_s", "val_jaccard")} == \
+               {key: row[key] for key in ("train_loss", "train_s", "val_jaccard")}
+    # Tune's record of the restored trial starts over: the epochs before its checkpoint are reported again
+    assert [c["epoch"] for c in by_delay[0.5]["curve"]] == [1, 2, 3]
+    assert by_delay[0.5]["train_s"] == pytest.approx(sum(e["train_s"] + e["val_s"] for e in history["epochs"]), abs=0.01)
+    # and the whole run is the uninterrupted one's
+    reference = json.loads(straight.history("experts").read_text())
+    for key in ("step_losses", "val_jaccard"):
+        np.testing.assert_allclose([e[key] for e in history["epochs"]], [e[key] for e in reference["epochs"]], atol=1e-6)
+    assert by_delay[0.5]["scores"]["jaccard"] == pytest.approx(by_delay[0.0]["scores"]["jaccard"], abs=1e-6)
+    if trainer == "workers":   # a worker group's checkpoints go once the phase is exported
+        assert not list(resumed.ray_storage.glob("*/checkpoint-*"))

@@ -5,11 +5,12 @@
     for epoch in trainer.epochs():
         losses = trainer.train_epoch(epoch)
         val = trainer.validate()
-        trainer.save_checkpoint(...)   # report metrics + checkpoint to Ray Train
+        trainer.save_checkpoint(...)   # report metrics + checkpoint to the session
     trainer.export()                # best weights + history.json into the stage's staging directory
 
 `Trainer.fit` runs that loop under Ray Train (`RayTrainSession`); a sweep's long-lived workers
-drive the same steps one epoch at a time (`worker_group.py`, `GroupSession`). DeepSpeed and
+drive the same steps one epoch at a time (`worker_group.py`, `GroupSession`): both sessions keep
+the checkpoints a later run of the phase resumes from (`session.py`). DeepSpeed and
 expert parallelism are the strategy's business (`deepspeed_strategy.py`), the model knows
 nothing of them. `spec` is built by `ray_fit.trainer_spec`: config (the `Config`), phase, run_dir,
 out_dir (staging directory), log_dir (None = print to the worker's stdout), progress (the
@@ -39,6 +40,7 @@ from trixmed.train.deepspeed_strategy import DeepSpeedStrategy
 from trixmed.train.inference import collator_for
 from trixmed.train.progress import ProgressReporter
 from trixmed.train.sampling import epoch_micro_batches, patient_fraction, shard_for_eval, steps_per_epoch
+from trixmed.train.session import RayTrainSession, Session
 
 BEST_DIR = "best_model"
 RNG_FILE = "rng-rank{rank}.pt"   # a step checkpoint's per-rank random state (dropout, noise)
@@ -77,34 +79,17 @@ def train_worker(spec: dict[str, Any]) -> None:
     Trainer(spec, RayTrainSession()).fit()
 
 
-class RayTrainSession:
-    """What a `Trainer` needs from Ray Train: its ranks, the checkpoint to resume from, and a
-    per-epoch report that carries the next checkpoint."""
-
-    checkpoints = True   # each epoch's DeepSpeed state goes with its report
-
-    def __init__(self) -> None:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.rank, self.world, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
-
-    def checkpoint(self) -> Any:
-        import ray.train
-
-        return ray.train.get_checkpoint()
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.train
-        from ray.train import Checkpoint
-
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+def epoch_metrics(record: dict[str, Any], best_jaccard: float) -> dict[str, Any]:
+    """What a report says of an epoch: its record without the step losses and undefined values, and
+    the best validation Jaccard so far."""
+    metrics = {k: v for k, v in record.items() if k != "step_losses" and not (isinstance(v, float) and math.isnan(v))}
+    return {**metrics, "best_val_jaccard": best_jaccard}
 
 
 class Trainer:
-    def __init__(self, spec: dict[str, Any], session: Any):
+    def __init__(self, spec: dict[str, Any], session: Session):
         self.spec = spec
-        self.session = session   # RayTrainSession, or a worker group's GroupSession
+        self.session = session
         self.cfg: Config = spec["config"]
         self.phase: str = spec["phase"]
         self.pcfg = phase_config(self.cfg, self.phase)
@@ -165,6 +150,12 @@ class Trainer:
                  f"{len(partial['step_losses'])} of {self.steps_per_epoch})" if partial else
                  f"after epoch {self.state['epoch']} (step {self.state['global_step']})")
         self.progress.event("message", text=f"[{self.phase}] resumed from its checkpoint {where}")
+        # the epochs before it, reported again (without a checkpoint): whoever keeps the reports may
+        # have started its record over, as Tune does for a trial restored with its sweep
+        best = -1.0
+        for record in self.state["history"]:
+            best = max(best, record["val_jaccard"])   # a NaN (no validation visits) leaves it
+            self.session.report(epoch_metrics(record, best), None)
 
     # ---------------------------------------------------------------------------------------
     # the loop
@@ -227,8 +218,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> tuple[list[float], float] | None:
         """One epoch of optimizer steps; returns each step's global-batch loss and the seconds spent.
-        A run that checkpoints looks for a step stop request after every step: on one, it reports a
-        checkpoint of that step and returns None."""
+        After every step it looks for a step stop request: on one, it reports a checkpoint of that
+        step and returns None."""
         # an epoch a stop request ended in its middle goes on from its next step, with the random
         # state it had there; otherwise reseed per epoch so dropout replays identically after a
         # restore from this epoch's start
@@ -245,7 +236,6 @@ class Trainer:
         t0 = time.perf_counter()
         local_losses: list[float] = []
         local_tokens = 0
-        check_stop = self.session.checkpoints
         for micro_batches in self._micro_batches(epoch)[len(done["step_losses"]):]:
             self._maybe_fail()
             loss_sum, tokens = 0.0, 0
@@ -264,7 +254,7 @@ class Trainer:
             self.state["global_step"] += 1
             self.progress.step(self.state["global_step"], epoch=epoch + 1, loss=f"{local_losses[-1]:.4f}")
             self._test_hooks_after_step()
-            if check_stop and self.stop_requested(at_step=True):
+            if self.stop_requested(at_step=True):
                 self.state["partial"] = self._reduce_steps(done, local_losses, local_tokens, t0)
                 self.save_step_checkpoint()
                 return None
@@ -345,14 +335,9 @@ class Trainer:
         return record
 
     def save_checkpoint(self, record: dict[str, Any]) -> None:
-        """Report the epoch's metrics to the session, with a checkpoint where it keeps them: DeepSpeed
-        state of every rank, the trainer state and the best weights so far."""
-        metrics = {k: v for k, v in record.items() if k != "step_losses" and not (isinstance(v, float) and math.isnan(v))}
-        metrics["best_val_jaccard"] = self.state["best_jaccard"]
-        if not self.session.checkpoints:
-            self.session.report(metrics, None)
-            return
-        self._report_checkpoint(metrics)
+        """Report the epoch's metrics to the session with a checkpoint: DeepSpeed state of every rank,
+        the trainer state and the best weights so far."""
+        self._report_checkpoint(epoch_metrics(record, self.state["best_jaccard"]))
 
     def save_step_checkpoint(self) -> None:
         """A checkpoint in the middle of an epoch (a stop request): what `save_checkpoint` keeps, the

@@ -5,9 +5,12 @@ join a process group and initialise DeepSpeed, about 25 s on 2 cores before the 
 (benchmarks/tune.py), which is longer than a demo trial trains. A worker group pays that once.
 Its `TrainWorker` actors join one process group when the group starts, then run one `Trainer`
 after another, driven epoch by epoch by the caller (`WorkerGroup.fit`). The trainer, its DeepSpeed
-strategy and the model are the ones Ray Train runs; only the session differs (`GroupSession`):
-ranks fixed when the group starts, no per-epoch checkpoints (an interrupted trial starts over,
-as Tune restarts it), and each epoch's metrics returned to the caller rather than to Ray Train.
+strategy and the model are the ones Ray Train runs; only the session differs (`GroupSession`,
+session.py): ranks fixed when the group starts, each epoch's checkpoint kept by the session itself
+in the run directory (`RunDir.run_storage(run name)`, the latest only, removed once the phase is
+exported), and each epoch's metrics returned to the caller rather than to Ray Train. A run of the
+same name on any group, such as an interrupted trial that Tune restores, resumes from that
+checkpoint: after its last epoch, or at the step where a stop request ended it.
 
 `WorkerLeases` is a named actor that lends groups to concurrent callers, one caller per group,
 starting a group the first time a slot is taken. A rank that fails can leave the others blocked
@@ -17,6 +20,7 @@ next lease starts a new one.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -29,22 +33,7 @@ from trixmed.console import Console, redirect_output
 from trixmed.run_dir import RunDir
 from trixmed.train.progress import ProgressFollower
 from trixmed.train.ray_fit import read_history, trainer_spec, worker_resources
-
-
-class GroupSession:
-    """A `Trainer`'s session inside a worker group: fixed ranks, no checkpoints, the last report kept."""
-
-    checkpoints = False
-
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world, self.local_rank = rank, world, 0   # one GPU visible per actor
-        self.last: dict[str, Any] = {}
-
-    def checkpoint(self) -> None:
-        return None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        self.last = metrics
+from trixmed.train.session import GroupSession
 
 
 class TrainWorker:
@@ -77,18 +66,24 @@ class TrainWorker:
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
-    def start(self, spec: dict[str, Any]) -> list[int]:
-        """Set up a run's trainer; returns the epochs it will train."""
+    def start(self, spec: dict[str, Any], storage: str) -> tuple[list[int], list[dict[str, Any]]]:
+        """Set up a run's trainer, resumed from the latest checkpoint in `storage` if there is one;
+        returns the epochs it will train and the metrics of those it resumed after."""
         from trixmed.train.trainer import Trainer
 
-        self.trainer = Trainer(spec, GroupSession(self.rank, self.world))
+        self.trainer = Trainer(spec, GroupSession(self.rank, self.world, Path(storage)))
         self.trainer.setup()
-        return list(self.trainer.epochs())
+        return list(self.trainer.epochs()), self._reported()
 
-    def epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
-        """One epoch on this rank: (the metrics reported, whether early stopping ended the run)."""
-        self.trainer.run_epoch(epoch)
-        return self.trainer.session.last, self.trainer.state["stopped"]
+    def epoch(self, epoch: int) -> tuple[dict[str, Any] | None, bool]:
+        """One epoch on this rank: (the metrics reported, None where a step stop request ended the
+        epoch in its middle; whether early stopping ended the run)."""
+        ended = self.trainer.run_epoch(epoch) is not None
+        return self._reported()[-1] if ended else None, self.trainer.state["stopped"]
+
+    def _reported(self) -> list[dict[str, Any]]:
+        reported, self.trainer.session.reported = self.trainer.session.reported, []
+        return reported
 
     def finish(self, export: bool) -> None:
         """End the run: export its best weights and history (rank 0 writes), or just let it go."""
@@ -136,21 +131,27 @@ class WorkerGroup:
         self._all("join", address, port, dist.use_gpu)
         return self
 
-    def fit(self, cfg: Config, phase: str, out_dir: Path, *, console: Console,
+    def fit(self, cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console,
             on_epoch: Callable[[dict[str, Any]], None] = lambda metrics: None) -> dict[str, Any]:
-        """Train `phase` into `out_dir` like `ray_fit.fit`, calling `on_epoch` with rank 0's metrics
-        after every epoch; a stop request (`RunDir.stop_request`) ends it after the current epoch
-        (`TrainingStopped`), unexported. Any failure breaks the group: its ranks' state is unknown."""
+        """Train `phase` into `out_dir` like `ray_fit.fit`, checkpointing every epoch under
+        `run_name` and resuming from its latest checkpoint, calling `on_epoch` with rank 0's metrics
+        after every epoch (first with those of the epochs it resumes after); a stop request
+        (`RunDir.stop_request`) ends it after the current epoch, or at a step (`TrainingStopped`),
+        unexported. Any failure breaks the group: its ranks' state is unknown."""
         rd = RunDir(Path(cfg.run_dir).resolve())
+        storage = rd.run_storage(run_name)
         rd.stop_request.unlink(missing_ok=True)
         try:
             with ProgressFollower(rd.progress(phase), console):
-                epochs = self._all("start", trainer_spec(cfg, phase, out_dir))[0]
+                epochs, resumed = self._all("start", trainer_spec(cfg, phase, out_dir), str(storage))[0]
+                for metrics in resumed:
+                    on_epoch(metrics)
                 finished = True
                 for epoch in epochs:
                     metrics, stopped = self._all("epoch", epoch)[0]
-                    on_epoch(metrics)
-                    if rd.stop_request.exists():
+                    if metrics is not None:
+                        on_epoch(metrics)
+                    if metrics is None or rd.stop_request.exists():
                         finished = False
                         break
                     if stopped:
@@ -159,6 +160,10 @@ class WorkerGroup:
         except BaseException:
             self.broken = True
             raise
+        if finished:
+            # exported: the stage completes without training again, and then skips this run name
+            # (a changed config trains under another); a sweep's trials would each leave one
+            shutil.rmtree(storage, ignore_errors=True)
         return read_history(rd, phase, out_dir)
 
     def close(self) -> None:
@@ -258,7 +263,7 @@ def leased_fit(leases_name: str) -> Callable[..., dict[str, Any]]:
         group = WorkerGroup(actors)
         console.line(f"[{phase}] {run_name} on the sweep's worker group {slot} ({len(actors)} ranks)")
         try:
-            return group.fit(cfg, phase, out_dir, console=console, on_epoch=on_epoch)
+            return group.fit(cfg, phase, out_dir, run_name=run_name, console=console, on_epoch=on_epoch)
         finally:
             ray.get(leases.release.remote(slot, group.broken))
 

@@ -6,7 +6,9 @@ and features, which no parameter of a sweep over clustering, routing or the expe
 setting in `<experiment>/shared/<hash>/` and linked by every trial that uses them. The experts
 train through the same stage as `trixmed run`, on one of the sweep's worker groups (`tune.trainer:
 workers`, started once per sweep: train/worker_group.py; the trial reports each epoch to Tune) or
-in a Ray Train run of their own (`ray_train`; its `TuneReportCallback` reports the epochs). A last
+in a Ray Train run of their own (`ray_train`; its callback reports the epochs: reports.py). Either
+way, a trial restored with its sweep resumes its training from the last epoch's checkpoint, and
+reports the epochs before it again (Tune starts a restored trial's record over). A last
 report adds the validation scores of the sets the evaluate stage's rule decides (threshold, then DDI
 safety weight α, both chosen on validation: `trixmed.eval.selection`). Test visits are never scored
 here.
@@ -94,11 +96,10 @@ def _trial_fit(leases: str | None) -> Any:
         from trixmed.train.worker_group import leased_fit
 
         return functools.partial(leased_fit(leases), on_epoch=tune.report)
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from trixmed.train.ray_fit import fit
+    from trixmed.tune.reports import EpochReports
 
-    return functools.partial(fit, callbacks=(TuneReportCallback(),))
+    return functools.partial(fit, callbacks=(EpochReports(),))
 
 
 def trial_dirname(trial: Any) -> str:
