@@ -2,7 +2,7 @@
 trained and scored by trixmed's own harness with every choice (epoch, threshold, safety weight α)
 made on validation.
 
-    python benchmarks/accuracy.py [--work-dir DIR] [--only TEXT ...] [--smoke] [--out FILE]
+    python benchmarks/accuracy.py [--work-dir DIR] [--only REGEX ...] [--smoke] [--out FILE]
 
 Writes benchmarks/results/accuracy.json — a list of rows {dataset, protocol, model, config, seed,
 selected_on: "val", metrics: {jaccard|f1|prauc|ddi_rate|avg_drugs: {mean, std}}, average} —,
@@ -60,9 +60,16 @@ MODELS = {
     "MLP (2 layers)": ("baseline", "mlp", ()),
     "TRIXMED w/o MoE (one LoRA)": ("run", None, ("model.moe.router=none",)),
     "Std. MoE (learned gate, no clusters)": ("run", None, ("model.moe.router=learned",)),
+    # NLA-MMR (CIKM 2024) on TRIXMED's encoder, warm-up, clusters and experts: drug vectors from the
+    # drugs' titles and molecules instead of TRIXMED's free output layer, and its loss (0.95·BCE +
+    # 0.05·margin); TRIXMED below is its control
+    "NLA-MMR drug tower (TRIXMED encoder)": ("run", None, ("model.head=drug_tower", "model.margin_weight=0.05")),
     "TRIXMED": ("run", None, ()),
 }
 HEADLINE_MODEL = "TRIXMED"
+# models whose change reaches the warm-up train in a run directory of their own: the variants
+# sharing one reuse its warm-up, features and clusters (the stage hashes)
+OWN_RUN_DIR = {"NLA-MMR drug tower (TRIXMED encoder)": "drug-tower"}
 # What each change to the paper's TRIXMED bought on validation: cumulative, in the order tried;
 # the first row is the paper's model, the last is configs/mimic3_codes.yaml.
 PAPER = ("model.pool=mean", "model.direct=[]", "experts.train_backbone=none", "experts.epochs=6", "eval.ddi_alpha=0")
@@ -116,6 +123,11 @@ class Job:
     tag: str = ""                 # names an attempt
     # the attempts share one run directory: each re-trains only the stages its change touches
     run_tag: str = ""
+
+    @classmethod
+    def of(cls, dataset: str, protocol: str, model: str) -> Job:
+        """One model's job, in its own run directory where OWN_RUN_DIR says so."""
+        return cls(dataset, protocol, model, run_tag=OWN_RUN_DIR.get(model, ""))
 
     @property
     def name(self) -> str:
@@ -242,15 +254,15 @@ def _metrics(result: dict) -> dict:
 def plan(smoke: bool) -> tuple[list[Job], list[tuple[tuple[str, str], tuple[str, str]]]]:
     """The jobs, in the order they run, and the zero-shot transfers (after their sources)."""
     if smoke:
-        jobs = [Job("mimic3_demo", "safedrug", m) for m in MODELS]
+        jobs = [Job.of("mimic3_demo", "safedrug", m) for m in MODELS]
         jobs.append(Job("mimic3_demo", "safedrug", HEADLINE_MODEL, ATTEMPTS[0][1], tag="attempt0", run_tag="attempts"))
         return jobs, []
     # the headline first, then what the zero-shot transfer needs (MIMIC-IV), then the rest
     order = (DATASETS[0], DATASETS[3], DATASETS[1], DATASETS[2])
-    jobs = [Job(DATASETS[0], "safedrug", m) for m in MODELS]
+    jobs = [Job.of(DATASETS[0], "safedrug", m) for m in MODELS]
     jobs += [Job(*HEADLINE, HEADLINE_MODEL, extra, tag=f"attempt{i}", run_tag="attempts") for i, (_, extra) in enumerate(ATTEMPTS)]
-    jobs += [Job(d, "safedrug", m) for d in order[1:] for m in MODELS]
-    jobs += [Job(d, p, m) for d in (DATASETS[0], DATASETS[3]) for p in ("patient-7:3", "visit-7:3")
+    jobs += [Job.of(d, "safedrug", m) for d in order[1:] for m in MODELS]
+    jobs += [Job.of(d, p, m) for d in (DATASETS[0], DATASETS[3]) for p in ("patient-7:3", "visit-7:3")
              for m in ("MLP (2 layers)", HEADLINE_MODEL)]
     transfers = [((DATASETS[0], "safedrug"), (DATASETS[3], "safedrug")), ((DATASETS[3], "safedrug"), (DATASETS[0], "safedrug"))]
     return jobs, transfers
@@ -413,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="run directories and kept job results (default: <tmp>/trixmed_accuracy; --smoke: a fresh temp dir)")
-    parser.add_argument("--only", nargs="*", default=None, help="run only the jobs whose name contains one of these strings")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only the jobs whose name (dataset__protocol__model) one of these regular expressions "
+                             "matches somewhere, e.g. NLA-MMR or 'safedrug131__safedrug__TRIXMED$'")
     add_output_args(parser, "accuracy.json")
     args = parser.parse_args(argv)
     work = args.work_dir or (Path(tempfile.mkdtemp(prefix="trixmed-accuracy-smoke-")) if args.smoke
@@ -421,10 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(work, args.smoke)
     jobs, transfer_plan = plan(args.smoke)
     if args.only:
-        jobs = [j for j in jobs if any(s in j.name for s in args.only)]
+        jobs = [j for j in jobs if any(re.search(s, j.name) for s in args.only)]
     t0 = time.perf_counter()
     if args.only:
-        transfer_plan = [(s, t) for s, t in transfer_plan if any(x in f"transfer__{s[0]}__to__{t[0]}" for x in args.only)]
+        transfer_plan = [(s, t) for s, t in transfer_plan if any(re.search(x, f"transfer__{s[0]}__to__{t[0]}") for x in args.only)]
     results: dict[str, dict] = {}
     transfers: dict[str, dict] = {}
     for job in jobs:

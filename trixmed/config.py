@@ -184,6 +184,18 @@ class MoEConfig:
     ep_size: int = 1             # experts partitioned over this many ranks
 
 
+HEADS = ("free", "drug_tower")
+
+
+@dataclass
+class DrugTowerConfig:
+    """The NLA-MMR drug-side head (`model.head: drug_tower`, trixmed/models/drug_tower.py)."""
+
+    dim: int = 256                # the shared patient/drug space (the paper's 256)
+    fingerprint_radius: int = 2   # Morgan radius of the drugs' molecular fingerprints
+    fingerprint_bits: int = 1024  # Morgan fingerprint length
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "codes"      # codes | hf
@@ -200,10 +212,24 @@ class ModelConfig:
     # were given at the one before), `hist_med` / `hist_diag` = those of every earlier visit,
     # `diag` / `proc` = the current visit's codes
     direct: list[str] = field(default_factory=list)
+    # The medication head: `free` = one learned output vector per drug (a linear layer);
+    # `drug_tower` = NLA-MMR: each drug's vector is computed from its title and molecules
+    head: str = "free"
+    drug_tower: DrugTowerConfig = field(default_factory=DrugTowerConfig)
+    # w of the medication loss (1 - w)·BCE + w·multilabel margin (SafeDrug's and NLA-MMR's 0.05); 0 = BCE
+    margin_weight: float = 0.0
 
     def validate(self, where: str) -> None:
         _choice(where + ".backbone", self.backbone, ("codes", "hf"))
         _choice(where + ".pool", self.pool, POOLS)
+        _choice(where + ".head", self.head, HEADS)
+        if self.head == "drug_tower" and self.backbone == "codes" and not self.codes.title_words:
+            raise TrixmedError(where + ".head", "drug_tower on the codes backbone reads each drug's title through the "
+                               "backbone's title-word embeddings: set model.codes.title_words true")
+        _at_least(where + ".drug_tower", self.drug_tower, ("dim", "fingerprint_bits"), 1)
+        _at_least(where + ".drug_tower", self.drug_tower, ("fingerprint_radius",), 0)
+        if not 0 <= self.margin_weight <= 1:
+            raise TrixmedError(where + ".margin_weight", f"must be in [0, 1], got {self.margin_weight}")
         for i, kind in enumerate(self.direct):
             _choice(f"{where}.direct[{i}]", kind, tuple(DIRECT_INPUTS))
         if len(set(self.direct)) != len(self.direct):

@@ -1,7 +1,8 @@
 """The run directory: its layout, defined once, and `run.json` (which stages are complete).
 
     <run_dir>/
-        dataset/        prepare: visits.parquet, vocab.json, ddi.npz, card     (stage outputs are
+        dataset/        prepare: visits.parquet, vocab.json, ddi.npz, drugs.parquet (each drug's
+                        molecules, for the drug tower), card                      (stage outputs are
         warmup/         phase 1: model/ (safetensors), history.json              written atomically)
         features/       extract: shard-00000.parquet, ... (pooled warm-up states, trixmed/cluster/features.py)
         clusters/       stratify: transform (safetensors + JSON), assignments.parquet, profile.json
@@ -44,6 +45,7 @@ RUN_FILE = "run.json"
 MODEL_DIR = "model"          # inside a training phase's output
 HISTORY_FILE = "history.json"
 CHECKPOINT_STATE = "trainer_state.json"   # inside each training checkpoint
+DRUGS_FILE = "drugs.parquet"   # inside dataset/: each medication's molecules (trixmed/data/drugs.py)
 STOP_AT_STEP = "step"   # the content of a stop request that should not wait for the epoch's end
 LOCK_FILE = ".lock"
 

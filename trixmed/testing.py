@@ -15,8 +15,9 @@ import numpy as np
 
 from trixmed.config import Config, load_config
 from trixmed.data.dataset import VISIT_COLUMNS, Sample, Visit, Vocab, visit_key
+from trixmed.data.drugs import drug_table, write_drugs
 from trixmed.io import write_json
-from trixmed.run_dir import RunDir
+from trixmed.run_dir import DRUGS_FILE, RunDir
 
 # --------------------------------------------------------------------------------------------
 # Datasets
@@ -28,12 +29,14 @@ def make_dataset_dir(
     vocab: Mapping[str, Sequence[str]],
     ddi: np.ndarray | Sequence[Sequence[int]] | None = None,
     card: Mapping[str, Any] | None = None,
+    smiles: Mapping[str, list[str]] | None = None,
 ) -> Path:
     """Write a dataset directory following trixmed/data/dataset.py, without running `prepare`.
 
     `visits`: rows with patient_id, visit_order, split, diag, proc, med (visit_key is filled in
     when absent). Codes must be in `vocab` ({"diag": [...], "proc": [...], "med": [...]}).
-    `ddi` defaults to no interactions. Returns `root` (created if needed).
+    `ddi` defaults to no interactions; `smiles` (medication → SMILES) to no molecules.
+    Returns `root` (created if needed).
     """
     import pandas as pd
 
@@ -57,6 +60,7 @@ def make_dataset_dir(
     if matrix.shape != (n_med, n_med):
         raise ValueError(f"ddi must be [{n_med}, {n_med}], got {matrix.shape}")
     np.savez(root / "ddi.npz", ddi=matrix)
+    write_drugs(root / DRUGS_FILE, drug_table(list(vocab["med"]), smiles))
     if card is not None:
         write_json(root / "card.json", dict(card))
     return root

@@ -1,6 +1,6 @@
 """benchmarks/accuracy.py end to end with `--smoke`: every model of the table (two baselines, the
-TRIXMED ablations, TRIXMED) through the product's commands on the demo, rows in the issue's
-format, a kept job not re-run, and the Markdown table built from the rows."""
+TRIXMED ablations, the NLA-MMR drug tower, TRIXMED) through the product's commands on the demo,
+rows in the issue's format, a kept job not re-run, and the Markdown table built from the rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"LR (per-drug logistic regression)", "MLP (2 layers)", "TRIXMED w/o MoE (one LoRA)",
-          "Std. MoE (learned gate, no clusters)", "TRIXMED"}
+          "Std. MoE (learned gate, no clusters)", "NLA-MMR drug tower (TRIXMED encoder)", "TRIXMED"}
 
 
 def _smoke(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -41,6 +41,10 @@ def test_accuracy_smoke(tmp_path: Path) -> None:
     # the ablations are the headline config with one router override each
     assert "model.moe.router=none" in by[("TRIXMED w/o MoE (one LoRA)", "visit")]["config"]
     assert "model.moe.router" not in by[("TRIXMED", "visit")]["config"]
+    # the drug tower trains its own warm-up, in a run directory of its own
+    tower = by[("NLA-MMR drug tower (TRIXMED encoder)", "visit")]["config"]
+    assert "model.head=drug_tower model.margin_weight=0.05" in tower and "-drug-tower " in tower
+    assert "model.head" not in by[("TRIXMED", "visit")]["config"]
     run = json.loads((tmp_path / "accuracy_run.json").read_text())
     assert run["smoke"] is True and run["total_wall_s"] > 0 and len(run["attempts"]) == 1
     table = out.with_suffix(".md").read_text()

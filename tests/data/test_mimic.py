@@ -21,7 +21,10 @@ def test_bundled_demo(prepare_cli, tmp_path):
     assert ds.ddi.shape == (82, 82) and ds.ddi.dtype == np.uint8 and (ds.ddi == ds.ddi.T).all()
     assert len(ds.samples()) == 38 and all(len(m) == 4 for m in ds.vocab.med)
     assert read_json(tmp_path / "dataset" / "meta.json")["input"] == "bundled:mimic3_demo"
-    assert "| patients | 13 |" in (tmp_path / "dataset" / "card.md").read_text()
+    card = (tmp_path / "dataset" / "card.md").read_text()
+    assert "| patients | 13 |" in card
+    # raw MIMIC lists no molecules: a drug tower on the demo reads titles only, and the card says so
+    assert "| drug molecules (drug tower) | molecules for 0 of 82 drugs: the drug tower reads titles only |" in card
     # narratives are rendered where they are used (the hf collator), not stored by prepare
     assert not (tmp_path / "dataset" / "narratives.parquet").exists()
 

@@ -25,6 +25,13 @@ def test_gpu_config_dry_run_prints_world_size_zero_stage_and_memory(capsys, monk
         assert f"  {stage} " in out
 
 
+def test_plan_counts_the_drug_tower(capsys, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    assert main(["run", "--config", str(CONFIGS / "llama3_8b_moelora.yaml"), "--dry-run", "model.head=drug_tower"]) == 0
+    # + the tower (256-dim, 1024-bit fingerprints, 4096-dim titles: 2,491,948) - the free head (4096 × 300 + 300)
+    assert "8,162.8 M total" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["demo_cpu.yaml", "mimic3_codes.yaml"])
 def test_cpu_configs_validate(name, capsys, tmp_path):
     assert main(["run", "--config", str(CONFIGS / name), "--dry-run", f"run_dir={tmp_path}"]) == 0

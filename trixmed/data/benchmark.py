@@ -1,4 +1,5 @@
-"""A processed benchmark folder (records.parquet + vocab_*.csv + graphs.npz) → visits.
+"""A processed benchmark folder (records.parquet + vocab_*.csv + graphs.npz, optionally
+atc3_smiles.json) → visits.
 
 Vocabulary order is the upstream index order (index i here == upstream idx i), patients keep
 file order and are named `p{patient_idx}`; codes stay bare (the MIMIC-IV benchmark carries no
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from trixmed.data.dataset import Vocab
+from trixmed.data.drugs import SMILES_FILE, read_smiles
 from trixmed.data.records import Records, check_visits
 from trixmed.errors import TrixmedError
 
@@ -49,7 +51,8 @@ def load_benchmark(folder: str | Path) -> Records:
         visits[kind] = _decode(df[kind], getattr(vocab, kind), path, kind)
     check_visits(visits, str(path))
     upstream = df["split_safedrug"].astype(str) if "split_safedrug" in df.columns else None
-    return Records(visits=visits, vocab=vocab, ddi=ddi, upstream_split=upstream)
+    smiles = read_smiles(folder / SMILES_FILE) if (folder / SMILES_FILE).is_file() else None
+    return Records(visits=visits, vocab=vocab, ddi=ddi, upstream_split=upstream, smiles=smiles)
 
 
 def _vocab(path: Path, kind: str) -> list[str]:

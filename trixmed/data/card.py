@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from trixmed.data.dataset import SPLITS, Vocab
+from trixmed.data.drugs import molecules_line
 from trixmed.data.ddi import ddi_rate
 
 _KINDS = ("diag", "proc", "med")
@@ -67,6 +68,7 @@ def card_markdown(card: dict, title: str) -> str:
         f"({ps['diag']['max']}/{ps['proc']['max']}/{ps['med']['max']}) |",
         f"| DDI pairs | {card['ddi_pairs']} |",
         f"| ground-truth DDI rate all / test | {dr['all']:.4f} / {test_rate} |",
+        f"| drug molecules (drug tower) | {molecules_line(card['molecules'])} |",
         "",
         f"Split `{card['split']['kind']}`:",
         "",

@@ -5,7 +5,8 @@
                          diag / proc / med (list<string> of codes, not indices)
         vocab.json       {"diag": [...], "proc": [...], "med": [...]}: list position = model index
         ddi.npz          "ddi": uint8 [n_med, n_med], symmetric, indexed by vocab["med"] order
-        card.json/.md    statistics (patients, visits, vocab sizes, DDI rates, ...)
+        drugs.parquet    each medication's molecules, in vocab["med"] order (trixmed/data/drugs.py)
+        card.json/.md    statistics (patients, visits, vocab sizes, DDI rates, molecules, ...)
 
 A *sample* is one visit T of a patient: the earlier visits (diagnoses, procedures, medications)
 plus the diagnoses and procedures of visit T; its target is the medication set of visit T.
@@ -22,6 +23,7 @@ import pandas as pd
 
 from trixmed.errors import TrixmedError
 from trixmed.io import read_json
+from trixmed.run_dir import DRUGS_FILE
 
 VISIT_COLUMNS = ("patient_id", "visit_order", "visit_key", "split", "diag", "proc", "med")
 SPLITS = ("train", "val", "test")
@@ -97,6 +99,15 @@ class Dataset:
     def ddi(self) -> np.ndarray:
         with np.load(self.root / "ddi.npz", allow_pickle=False) as z:
             return z["ddi"]
+
+    @cached_property
+    def drugs(self) -> pd.DataFrame:
+        """Each medication's SMILES, in vocabulary order (read only by the drug tower)."""
+        path = self.root / DRUGS_FILE
+        if not path.is_file():
+            raise TrixmedError(path, "missing; the drug tower needs it: run `trixmed prepare` again "
+                               "(datasets prepared before drug tables have none)")
+        return pd.read_parquet(path)
 
     @cached_property
     def card(self) -> dict:

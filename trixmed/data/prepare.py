@@ -18,10 +18,11 @@ import pandas as pd
 from trixmed.config import Config, DataConfig, to_dict
 from trixmed.data.card import card_markdown, dataset_card
 from trixmed.data.dataset import visit_key
+from trixmed.data.drugs import drug_table, molecule_counts, write_drugs
 from trixmed.data.records import Records
 from trixmed.data.splits import assign_split
 from trixmed.io import atomic_dir, atomic_file, write_json
-from trixmed.run_dir import RunDir
+from trixmed.run_dir import DRUGS_FILE, RunDir
 
 
 def load_records(data: DataConfig) -> Records:
@@ -47,19 +48,22 @@ def prepare(cfg: Config) -> Path:
     visits["visit_key"] = [visit_key(p, o) for p, o in zip(visits["patient_id"], visits["visit_order"])]
     card = dataset_card(visits, records.vocab, records.ddi, cfg.data.split.kind)
     card["source"] = cfg.data.source
+    drugs = drug_table(records.vocab.med, records.smiles)
+    card["molecules"] = molecule_counts(drugs)
     if records.upstream_split is not None and cfg.data.split.kind == "safedrug":
         # the benchmark's own split column must be the one we recompute
         card["upstream_split_agrees"] = bool((records.upstream_split.to_numpy() == visits["split"].to_numpy()).all())
     if records.log:
         card["processing"] = records.log
     title = Path(cfg.data.path).name if cfg.data.path else "bundled MIMIC-III demo"
-    return write_dataset(RunDir(cfg.run_dir).dataset, visits, records, card, _meta(cfg), title)
+    return write_dataset(RunDir(cfg.run_dir).dataset, visits, records, drugs, card, _meta(cfg), title)
 
 
 def write_dataset(
     target: Path,
     visits: pd.DataFrame,
     records: Records,
+    drugs: pd.DataFrame,
     card: dict,
     meta: dict,
     title: str,
@@ -86,6 +90,7 @@ def write_dataset(
         write_json(tmp / "vocab.json", {"diag": records.vocab.diag, "proc": records.vocab.proc, "med": records.vocab.med})
         with atomic_file(tmp / "ddi.npz", "wb") as fh:
             np.savez(fh, ddi=records.ddi.astype(np.uint8))
+        write_drugs(tmp / DRUGS_FILE, drugs)
         write_json(tmp / "card.json", card)
         with atomic_file(tmp / "card.md") as fh:
             fh.write(card_markdown(card, title))

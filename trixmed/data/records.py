@@ -22,6 +22,8 @@ class Records:
     upstream_split: pd.Series | None = None
     # processing counts for the card (rows dropped per step, ...)
     log: dict = field(default_factory=dict)
+    # ATC code → SMILES of its molecules, where the source lists them (trixmed/data/drugs.py)
+    smiles: dict[str, list[str]] | None = None
 
 
 def vocab_in_order(visits: pd.DataFrame) -> Vocab:

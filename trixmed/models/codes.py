@@ -84,13 +84,16 @@ class CodesBackbone(nn.Module):
         """Everything before the encoder: what turns codes into visit vectors."""
         return [m for m in (self.code_emb, self.word_emb, self.visit_proj, self.pos_emb) if m is not None]
 
+    def title_embedding(self, kind: str) -> Tensor:
+        """[n_codes, d]: the mean embedding of each code's title words (zero for a title without any)."""
+        words = getattr(self, f"title_words_{kind}")
+        return F.embedding_bag(words, self.word_emb.weight, mode="mean", padding_idx=self.word_emb.padding_idx)
+
     def _table(self, kind: str) -> Tensor:
         weight = self.code_emb[kind].weight
         if self.word_emb is None:
             return weight
-        words = getattr(self, f"title_words_{kind}")
-        title = F.embedding_bag(words, self.word_emb.weight, mode="mean", padding_idx=self.word_emb.padding_idx)
-        return torch.cat([weight[:-1] + title, weight[-1:]])
+        return torch.cat([weight[:-1] + self.title_embedding(kind), weight[-1:]])
 
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
         """Visit vectors [B, V, d] (before the encoder)."""

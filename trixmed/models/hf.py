@@ -10,7 +10,9 @@ positions (a 128k-word lm_head over every token would dominate the cost).
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -47,6 +49,21 @@ class HFBackbone(nn.Module):
     @property
     def lm(self) -> nn.Module:
         return self.peft.get_base_model()
+
+    @torch.no_grad()
+    def text_embeddings(self, tokenizer: Any, texts: list[str], batch_size: int = 32) -> Tensor:
+        """[len(texts), H] float32: the frozen base LM's (adapters off) last hidden states, mean-pooled
+        over each text's tokens."""
+        from trixmed.models.codes import masked_mean
+
+        device = next(self.lm.parameters()).device
+        out = []
+        with self.peft.disable_adapter():
+            for i in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[i:i + batch_size], padding=True, return_tensors="pt").to(device)
+                hidden = self.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                out.append(masked_mean(hidden.float(), enc["attention_mask"]).cpu())
+        return torch.cat(out)
 
     def input_features(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean prompt-token embedding: what the learned (Std. MoE) router sees."""

@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trixmed.config import DIRECT_INPUTS, Config, ExpertsConfig, ModelConfig, WarmupConfig, from_dict, to_dict
 from trixmed.data.dataset import Vocab
+from trixmed.data.drugs import morgan_fingerprints
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, read_json, write_json
 from trixmed.models.codes import CodesBackbone, build_title_words, masked_mean
+from trixmed.models.drug_tower import DrugInputs, DrugTower
 from trixmed.models.lora import Dispatch, LocalDispatch, LoRALinear, MoELoRALinear, adapt_linears
 from trixmed.models.router import LearnedRouter, Routing, TriageRouter, route
 
@@ -48,7 +51,7 @@ class MedRecModel(nn.Module):
         self.backbone = backbone
         self.sizes = dict(sizes)   # vocabulary sizes: diag, proc, med
         n_med = sizes["med"]
-        self.head = nn.Linear(backbone.hidden_size * (2 if cfg.pool == "mean+last" else 1), n_med)
+        self.head = medication_head(cfg, backbone.hidden_size, n_med, fixed_titles=not isinstance(backbone, CodesBackbone))
         # zero-initialised: the model starts exactly as without them
         self.direct = nn.ModuleDict({name: nn.Linear(sizes[DIRECT_INPUTS[name][0]], n_med, bias=False) for name in cfg.direct})
         for lin in self.direct.values():
@@ -92,7 +95,13 @@ class MedRecModel(nn.Module):
         pooled = pool_states(hidden.float(), mask, self.cfg.pool)
         # under DeepSpeed bf16/fp16 the head's weights are half precision: feed it its own dtype,
         # and score the loss in fp32
-        logits = self.head(pooled.to(self.head.weight.dtype)).float()
+        patient = pooled.to(self.head.bias.dtype)
+        if isinstance(self.head, DrugTower):
+            # codes: the drugs' titles are read through the backbone's (trained) title-word embeddings
+            titles = self.backbone.title_embedding("med") if isinstance(self.backbone, CodesBackbone) else None
+            logits = self.head(patient, titles).float()
+        else:
+            logits = self.head(patient).float()
         for kind, lin in self.direct.items():
             logits = logits + lin(batch[f"multi_hot_{kind}"].to(lin.weight.dtype)).float()
         if routing is None:
@@ -100,15 +109,21 @@ class MedRecModel(nn.Module):
         return ModelOutput(logits, pooled, routing.aux_loss, lm_loss, routing.counts, routing.gates)
 
     def loss(self, batch: dict[str, Tensor], out: ModelOutput, phase_cfg: WarmupConfig | ExpertsConfig) -> tuple[Tensor, dict[str, float]]:
-        """warm-up: λ_LM·LM + λ_med·BCE;  experts: BCE + λ·L_aux. Returns (loss, parts for logging)."""
+        """warm-up: λ_LM·LM + λ_med·med;  experts: med + λ·L_aux, where med = (1 - w)·BCE + w·margin
+        (w = model.margin_weight). Returns (loss, parts for logging)."""
         bce = F.binary_cross_entropy_with_logits(out.logits, batch["labels"])
         parts = {"bce": bce.item(), "aux": out.aux_loss.item()}
+        med = bce
+        if self.cfg.margin_weight:
+            margin = multilabel_margin(out.logits, batch["labels"])
+            med = (1 - self.cfg.margin_weight) * bce + self.cfg.margin_weight * margin
+            parts["margin"] = margin.item()
         if self.phase == "warmup":
-            total = phase_cfg.med_weight * bce
+            total = phase_cfg.med_weight * med
             if out.lm_loss is not None and phase_cfg.lm_weight:
                 total = total + phase_cfg.lm_weight * out.lm_loss
         else:
-            total = bce + self.cfg.moe.aux_weight * out.aux_loss
+            total = med + self.cfg.moe.aux_weight * out.aux_loss
         if out.lm_loss is not None:
             parts["lm"] = out.lm_loss.item()
         parts["loss"] = total.item()
@@ -148,6 +163,24 @@ class MedRecModel(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
 
+def medication_head(cfg: ModelConfig, hidden: int, n_med: int, *, fixed_titles: bool) -> nn.Module:
+    """pooled patient vector → medication logits: a free linear layer, or the drug tower
+    (`fixed_titles`: title embeddings kept as a buffer, the hf backbone's)."""
+    patient_dim = hidden * (2 if cfg.pool == "mean+last" else 1)
+    if cfg.head == "drug_tower":
+        return DrugTower(patient_dim, hidden, n_med, cfg.drug_tower, fixed_titles=fixed_titles)
+    return nn.Linear(patient_dim, n_med)
+
+
+def multilabel_margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """SafeDrug's multilabel margin loss on the probabilities: each given drug should score 1 above
+    each other drug. torch wants the labels as index lists, the given drugs first, then -1."""
+    order = torch.argsort(labels, dim=1, descending=True, stable=True)
+    given = labels.sum(dim=1, keepdim=True)
+    target = torch.where(torch.arange(labels.shape[1], device=labels.device) < given, order, -1)
+    return F.multilabel_margin_loss(torch.sigmoid(logits), target)
+
+
 def pool_states(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
     """The patient vector from states [B, T, H] and their mask [B, T] (valid positions first):
     `mean`, `last` (the last valid position: the current visit, or the prompt's last token) or
@@ -171,29 +204,42 @@ def set_backbone_trainable(model: MedRecModel, what: str) -> None:
 
 
 def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | None = None,
-                titles: Any = None, lm: nn.Module | None = None) -> MedRecModel:
+                titles: Any = None, lm: nn.Module | None = None, drugs: pd.DataFrame | None = None) -> MedRecModel:
     """A fresh model for `phase`. `titles` (trixmed.text.CodeTitles) feeds the codes backbone's title
-    words; None loads the bundled CodeTitles.default() when model.codes.title_words is on. `lm`
-    (hf only) is a causal LM built by the caller instead of the one model.hf names."""
-    tables = None
-    if cfg.model.backbone == "codes" and cfg.model.codes.title_words:
-        if titles is None:
-            from trixmed.text.titles import CodeTitles
+    words and the drug tower's titles; None loads the bundled CodeTitles.default() where needed. `lm`
+    (hf only) is a causal LM built by the caller instead of the one model.hf names. `drugs`
+    (`Dataset.drugs`, model.head drug_tower only) holds each drug's molecules."""
+    mcfg = cfg.model
+    codes_words = mcfg.backbone == "codes" and mcfg.codes.title_words
+    if titles is None and (codes_words or mcfg.head == "drug_tower"):
+        from trixmed.text.titles import CodeTitles
 
-            titles = CodeTitles.default()
+        titles = CodeTitles.default()
+    tables = None
+    if codes_words:
         tables, words = build_title_words(vocab, titles)
         tables = (tables, len(words))
-    return _build(cfg.model, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables, lm=lm)
+    inputs = None
+    if mcfg.head == "drug_tower":
+        if drugs is None:
+            raise ValueError("model.head=drug_tower needs the dataset's drug table (Dataset.drugs)")
+        if drugs["code"].tolist() != vocab.med:
+            raise ValueError("the drug table's codes are not the medication vocabulary, in its order")
+        inputs = DrugInputs([list(s) for s in drugs["smiles"]], [titles.med(c) for c in vocab.med])
+    return _build(mcfg, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables, lm=lm, drugs=inputs)
 
 
 def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters: int | None,
-           title_tables: tuple[dict[str, Tensor], int] | None, lm: nn.Module | None = None) -> MedRecModel:
+           title_tables: tuple[dict[str, Tensor], int] | None, lm: nn.Module | None = None,
+           drugs: DrugInputs | None = None) -> MedRecModel:
+    """`drugs` None leaves a drug tower unfilled: a loaded model's saved state fills it."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     moe = mcfg.moe
     if phase == "experts" and moe.router == "triage" and not (num_clusters and num_clusters > 0):
         raise ValueError("triage routing needs num_clusters (from the stratify stage)")
     lora = mcfg.lora
+    title_embeddings = None
     if mcfg.backbone == "codes":
         tables, num_words = title_tables if title_tables else (None, 0)
         backbone: nn.Module = CodesBackbone(mcfg.codes, sizes, tables, num_words)
@@ -213,9 +259,18 @@ def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters
         name = "the given model" if lm is not None else str(locate(mcfg.hf).where)
         backbone = HFBackbone(lm if lm is not None else load_causal_lm(mcfg.hf), lora,   # peft: base frozen, LoRA trainable
                               gradient_checkpointing=mcfg.hf.gradient_checkpointing, name=name)
+        if drugs is not None:
+            from trixmed.models.checkpoint import load_tokenizer
+
+            title_embeddings = backbone.text_embeddings(load_tokenizer(mcfg.hf), drugs.titles)
         if phase == "experts" and moe.router != "none":
             _peft_to_moe(backbone, moe.num_experts, lora)
-    return MedRecModel(mcfg, backbone, sizes, phase, num_clusters)
+    model = MedRecModel(mcfg, backbone, sizes, phase, num_clusters)
+    if drugs is not None:
+        fingerprints, missing = morgan_fingerprints(drugs.smiles, mcfg.drug_tower.fingerprint_radius,
+                                                    mcfg.drug_tower.fingerprint_bits)
+        model.head.set_drugs(torch.from_numpy(fingerprints), torch.from_numpy(missing), title_embeddings)
+    return model
 
 
 def _peft_to_moe(backbone: nn.Module, num_experts: int, lora) -> None:

@@ -472,6 +472,8 @@ def param_counts(cfg: Config) -> dict[str, Any]:
     if cfg.model.backbone == "hf":
         from transformers import AutoModelForCausalLM
 
+        from trixmed.models.model import medication_head
+
         arch_config, arch_file = _architecture(cfg)
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(arch_config)
@@ -486,16 +488,19 @@ def param_counts(cfg: Config) -> dict[str, Any]:
         router = hidden * experts + experts if cfg.model.moe.router == "learned" else 0
         if cfg.model.moe.router == "triage":
             router = cfg.stratify.num_clusters * experts + experts
-        trainable = lora * experts + hidden * n_med + n_med + router
+        with torch.device("meta"):
+            head = medication_head(cfg.model, hidden, n_med, fixed_titles=True)
+        trainable = lora * experts + sum(p.numel() for p in head.parameters()) + router
         heads = c.num_attention_heads
         arch = {"hidden": hidden, "layers": c.num_hidden_layers, "intermediate": c.intermediate_size,
                 "kv": getattr(c, "num_key_value_heads", heads) * (getattr(c, "head_dim", None) or hidden // heads),
                 "lora_values": sum(m.in_features + m.out_features + experts * cfg.model.lora.rank for m in adapted)}
         return {"frozen": base, "trainable": trainable, "expert_trainable": lora * experts, "largest_layer": largest, "arch": arch,
-                "largest_trainable": hidden * n_med, "source": f"architecture from {arch_file}, n_med≈{n_med}",
+                "largest_trainable": max(p.numel() for p in head.parameters()), "source": f"architecture from {arch_file}, n_med≈{n_med}",
                 "weights": _weights(cfg)}
 
     from trixmed.data.dataset import Dataset, Vocab
+    from trixmed.data.drugs import drug_table
     from trixmed.models import build_model
 
     ds_root = RunDir(cfg.run_dir).dataset
@@ -507,7 +512,10 @@ def param_counts(cfg: Config) -> dict[str, Any]:
         source = "codes backbone, vocabulary sizes capped by data.processing"
     # title-word embeddings are left out: a few thousand word vectors, not worth loading the titles
     model_cfg = dataclasses.replace(cfg.model, codes=dataclasses.replace(cfg.model.codes, title_words=False))
-    model = build_model(dataclasses.replace(cfg, model=model_cfg), vocab, phase="experts", num_clusters=cfg.stratify.num_clusters)
+    # the drug tower's size does not depend on which drugs have molecules
+    drugs = drug_table(vocab.med) if cfg.model.head == "drug_tower" else None
+    model = build_model(dataclasses.replace(cfg, model=model_cfg), vocab, phase="experts", num_clusters=cfg.stratify.num_clusters,
+                        drugs=drugs)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())

@@ -26,7 +26,8 @@ from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
 _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_stage", "precision"))
 # what the warm-up model and its features depend on: not the MoE section, so a sweep over the
 # number of clusters, experts or top-n reuses one warm-up and one feature extraction
-_BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora", "model.pool", "model.direct")
+_BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora", "model.pool", "model.direct",
+                  "model.head", "model.drug_tower", "model.margin_weight")
 # what the clusters depend on: not the number of workers that computed them
 _STRATIFY_KEYS = tuple(f"stratify.{k}" for k in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_tol",
                                                   "kmeans_init", "kmeans_n_init", "profile_top"))
@@ -95,6 +96,11 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str, StageContext], di
     def body(cfg: Config, rd: RunDir, out: Path, ihash: str, ctx: StageContext) -> dict[str, Any]:
         from trixmed.train.ray_fit import fit
 
+        if phase == "warmup" and cfg.model.head == "drug_tower":
+            from trixmed.data.dataset import Dataset
+            from trixmed.data.drugs import molecule_counts, molecules_line
+
+            ctx.console.line(f"[warmup] drug tower: {molecules_line(molecule_counts(Dataset(rd.dataset).drugs))}")
         name = f"{ctx.run_prefix}{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].keys(cfg))])[:12]}"
         history = (ctx.fit or fit)(cfg, phase, out, run_name=name, console=ctx.console)
         epochs = history["epochs"]

@@ -64,10 +64,11 @@ def build_phase_model(cfg: Config, ds: Dataset, phase: str, rd: RunDir) -> torch
     from trixmed.models import build_model, load_model
     from trixmed.models.model import set_backbone_trainable
 
+    drugs = ds.drugs if cfg.model.head == "drug_tower" else None
     if phase == "warmup":
-        return build_model(cfg, ds.vocab, phase="warmup")
+        return build_model(cfg, ds.vocab, phase="warmup", drugs=drugs)
     k = ClusterTransform.load(rd.clusters).num_clusters
-    model = build_model(cfg, ds.vocab, phase="experts", num_clusters=k)
+    model = build_model(cfg, ds.vocab, phase="experts", num_clusters=k, drugs=drugs)
     warm = load_model(rd.model("warmup"), cfg, ds.vocab)
     model.init_experts_from_warmup(warm.state_dict())
     set_backbone_trainable(model, cfg.experts.train_backbone)
