@@ -4,9 +4,12 @@ instead of waiting until the job's time limit (the local Ray here has 2 CPUs and
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from trixmed.config import DistributedConfig, load_config
+from trixmed.console import Console
 from trixmed.errors import TrixmedError
 from trixmed.testing import TINY_OVERRIDES
 
@@ -48,6 +51,6 @@ def test_a_ray_train_run_that_cannot_be_placed_is_one_line(ray_session, monkeypa
     cfg = load_config(None, [*TINY_OVERRIDES, f"run_dir={tmp_path}", "distributed.num_workers=2",
                              "distributed.cpus_per_worker=1.5"])
     with pytest.raises(TrixmedError) as err:
-        fit(cfg, "warmup", tmp_path / "warmup", run_name="unplaceable")
+        fit(cfg, "warmup", tmp_path / "warmup", run_name="unplaceable", console=Console(stream=io.StringIO()))
     assert str(err.value) == ("distributed.num_workers: Ray could not place 2 × (1.5 CPU) within 1 s "
                               "(TRIXMED_RAY_RESOURCE_TIMEOUT): the cluster has 2 CPU (2 free, at most 2 on one node)")

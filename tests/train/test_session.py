@@ -68,3 +68,21 @@ def test_a_group_session_keeps_every_ranks_share_of_the_latest_checkpoint_only(t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ranks, args=(port, str(tmp_path / "storage"), str(tmp_path)), nprocs=WORLD, join=True)
+
+
+def test_both_ways_to_train_a_phase_take_the_fit_protocols_arguments():
+    """A stage calls whichever `Fit` it was given with the same arguments: Ray Train's run and a
+    sweep's leased worker group must both accept exactly those, by the same names and defaults."""
+    import inspect
+
+    from trixmed.train.ray_fit import fit
+    from trixmed.train.session import Fit
+    from trixmed.train.worker_group import leased_fit
+
+    def shape(f) -> list[tuple[str, str, object]]:
+        return [(p.name, p.kind.name, p.default) for p in inspect.signature(f).parameters.values() if p.name != "self"]
+
+    expected = shape(Fit.__call__)
+    assert [name for name, _, _ in expected] == ["cfg", "phase", "out_dir", "run_name", "console", "report_to_tune"]
+    assert shape(fit) == expected
+    assert shape(leased_fit("trixmed-leases-unused")) == expected

@@ -21,6 +21,7 @@ from trixmed.console import Console
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, read_json, write_json
 from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
+from trixmed.train.session import Fit
 
 # distributed settings that change what is trained (not how failures or plans are handled)
 _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_stage", "precision"))
@@ -38,9 +39,9 @@ class StageContext:
     """What a stage body gets besides the config and the run directory."""
 
     console: Console
-    # what trains a phase: `fit(cfg, phase, out_dir, *, run_name, console) -> history`; None = Ray
-    # Train (`ray_fit.fit`). A Tune trial passes one that reports each epoch to its scheduler.
-    fit: Callable[..., dict[str, Any]] | None = None
+    # what trains a phase; None: a Ray Train run of its own (`ray_fit.fit`). A Tune trial passes
+    # its own, which reports each epoch to its scheduler.
+    fit: Fit | None = None
     # prefix of training run names, so a sweep's training runs are recognisable on the dashboard
     run_prefix: str = ""
 
@@ -202,7 +203,7 @@ def check_dataset_fits(cfg: Config, rd: RunDir) -> None:
 
 
 def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console | None = None,
-              fit: Callable[..., dict[str, Any]] | None = None, run_prefix: str = "") -> StageResult:
+              fit: Fit | None = None, run_prefix: str = "") -> StageResult:
     """Run one stage over `cfg.run_dir` unless it is already complete for these inputs and config."""
     console = console or Console()
     ctx = StageContext(console, fit, run_prefix)

@@ -21,6 +21,17 @@ from trixmed.train.deepspeed_config import build_deepspeed_config, linear_warmup
 DS_TAG = "engine"   # DeepSpeed also writes a file named "latest" beside the tag directory
 
 
+def join_process_group(use_gpu: bool) -> None:
+    """Join this process's group from the env:// variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE) Ray
+    Train or a worker group set: nccl on GPUs, gloo on CPUs. DeepSpeed keeps the group; joining
+    again is a no-op, so a long-lived rank joins once and its trainers each call this."""
+    import deepspeed
+
+    # The shared-memory comm op is not used over gloo; building it costs 20-30 s (STACK.md).
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+
 class DeepSpeedStrategy:
     def __init__(self, dist_cfg: DistributedConfig, moe: MoEConfig):
         self.dist_cfg, self.moe = dist_cfg, moe
@@ -30,15 +41,10 @@ class DeepSpeedStrategy:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist_cfg.precision)
 
     def setup_distributed(self, rank: int, world: int, local_rank: int) -> torch.device:
-        """Join the process group Ray Train prepared (env://): nccl on GPUs, gloo on CPUs."""
-        import deepspeed
-
-        # The shared-memory comm op is not used over gloo; building it costs 20-30 s (STACK.md).
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-        use_gpu = self.dist_cfg.use_gpu
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        """Join the process group whoever runs the trainer prepared (`join_process_group`)."""
+        join_process_group(self.dist_cfg.use_gpu)
         self.rank, self.world = rank, world
-        if use_gpu:
+        if self.dist_cfg.use_gpu:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         return self.device

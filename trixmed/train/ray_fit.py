@@ -9,22 +9,20 @@ Rank 0's progress reaches the console through `<run_dir>/logs/<phase>-progress.j
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from trixmed.config import Config, DistributedConfig
 from trixmed.console import Console
 from trixmed.errors import TrainingStopped
-from trixmed.run_dir import HISTORY_FILE, RunDir
 from trixmed.ray_resources import wait_for_resources
+from trixmed.run_dir import HISTORY_FILE, RunDir
 from trixmed.train.ray_session import ensure_ray, workers_log_dir
 
 
-def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console | None = None,
-        callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train `phase` ("warmup" | "experts") on Ray workers; rank 0 writes `out_dir/model` and
-    `out_dir/history.json`. `callbacks` are Ray Train callbacks (a Tune trial's reporter). Returns the history."""
+def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console,
+        report_to_tune: bool = False) -> dict[str, Any]:
+    """`Fit` (session.py) on a Ray Train run of its own: its workers each run a `Trainer`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -46,15 +44,22 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
             # which Ray retries without limit unless told: as often as a worker's
             failure_config=FailureConfig(max_failures=d.max_failures, controller_failure_limit=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=list(callbacks),
+            callbacks=_tune_reports() if report_to_tune else [],
         ),
     )
     wait_for_resources([worker_resources(d)] * d.num_workers, "distributed.num_workers")
     # a stop request applies to the run in progress, not to the next one (a resumed job's)
     rd.stop_request.unlink(missing_ok=True)
-    with ProgressFollower(rd.progress(phase), console or Console()):
+    with ProgressFollower(rd.progress(phase), console):
         trainer.fit()
     return read_history(rd, phase, out_dir)
+
+
+def _tune_reports() -> list[Any]:
+    """The run's callback that reports its epochs to the calling trial (it runs in Ray Train's controller)."""
+    from trixmed.train.tune_reports import EpochReports
+
+    return [EpochReports()]
 
 
 def trainer_spec(cfg: Config, phase: str, out_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What a `Trainer` needs from whatever runs it, as one protocol (`Session`), and its two kinds.
+"""The runtime seam, as two protocols: what a `Trainer` needs from whatever runs it (`Session`, and
+its two kinds), and what a pipeline stage needs from whatever trains a phase (`Fit`).
 
 A session gives the trainer its ranks, the checkpoint to resume from (None: a fresh run) and a
 per-epoch report that carries the next checkpoint. Both kinds keep checkpoints in the run
@@ -10,6 +11,9 @@ name resumes from its latest checkpoint, a changed config starts fresh.
   the latest, and hands the next run of the same name the latest one.
 - `GroupSession`, in a sweep's long-lived worker group (`worker_group.py`): it stores them
   itself, the latest only, and the group removes them once the phase is exported.
+
+A `Fit` is either `ray_fit.fit` (a Ray Train run of its own) or `worker_group.leased_fit(name)` (a
+run on a group borrowed from a sweep's leases); both take the same arguments and keywords.
 """
 
 from __future__ import annotations
@@ -19,10 +23,24 @@ import re
 import shutil
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from trixmed.config import Config
+    from trixmed.console import Console
 
 _CHECKPOINT = "checkpoint-{}"                      # a worker group's n-th checkpoint of a run
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+class Fit(Protocol):
+    def __call__(self, cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console,
+                 report_to_tune: bool = False) -> dict[str, Any]:
+        """Train `phase` ("warmup" | "experts") into `out_dir` (rank 0 writes `model` and
+        `history.json`) under `run_name`, resuming from that run's latest checkpoint; return the
+        history. `report_to_tune`: report every epoch to the Tune trial the call runs in, once each,
+        first those of the epochs a resumed run had trained before (Tune starts a restored trial's
+        record over). A stop request (`RunDir.stop_request`) ends it unexported (`TrainingStopped`)."""
 
 
 class Checkpoint(Protocol):

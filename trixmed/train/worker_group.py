@@ -33,7 +33,7 @@ from trixmed.console import Console, redirect_output
 from trixmed.run_dir import RunDir
 from trixmed.train.progress import ProgressFollower
 from trixmed.train.ray_fit import read_history, trainer_spec, worker_resources
-from trixmed.train.session import GroupSession
+from trixmed.train.session import Fit, GroupSession
 
 
 class TrainWorker:
@@ -54,17 +54,14 @@ class TrainWorker:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def join(self, address: str, port: int, use_gpu: bool) -> None:
-        """Join the group's process group (env://, like Ray Train's workers); DeepSpeed keeps it."""
-        import importlib
+        """Join the group's process group once, as Ray Train's workers do (env://)."""
         import os
 
-        import deepspeed
+        from trixmed.train.deepspeed_strategy import join_process_group
 
         os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world), LOCAL_RANK="0")
-        # as DeepSpeedStrategy.setup_distributed: gloo never uses the shared-memory op it would build
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+        join_process_group(use_gpu)
 
     def start(self, spec: dict[str, Any], storage: str) -> tuple[list[int], list[dict[str, Any]]]:
         """Set up a run's trainer, resumed from the latest checkpoint in `storage` if there is one;
@@ -251,19 +248,21 @@ def start_leases(name: str, cfg: Config, slots: int) -> Any:
         cfg.distributed, slots, str(log_dir.resolve()) if log_dir else None)
 
 
-def leased_fit(leases_name: str) -> Callable[..., dict[str, Any]]:
-    """A `fit(cfg, phase, out_dir, *, run_name, console, on_epoch)` that trains on a group borrowed
-    from the named leases for the call."""
+def leased_fit(leases_name: str) -> Fit:
+    """`Fit` (session.py) on a group borrowed from the named leases for the call."""
     import ray
 
     def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Console,
-            on_epoch: Callable[[dict[str, Any]], None] = lambda metrics: None) -> dict[str, Any]:
+            report_to_tune: bool = False) -> dict[str, Any]:
+        from ray import tune
+
         leases = ray.get_actor(leases_name)
         slot, actors = ray.get(leases.acquire.remote())
         group = WorkerGroup(actors)
         console.line(f"[{phase}] {run_name} on the sweep's worker group {slot} ({len(actors)} ranks)")
         try:
-            return group.fit(cfg, phase, out_dir, run_name=run_name, console=console, on_epoch=on_epoch)
+            return group.fit(cfg, phase, out_dir, run_name=run_name, console=console,
+                             on_epoch=tune.report if report_to_tune else lambda metrics: None)
         finally:
             ray.get(leases.release.remote(slot, group.broken))
 

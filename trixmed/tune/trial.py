@@ -6,7 +6,7 @@ and features, which no parameter of a sweep over clustering, routing or the expe
 setting in `<experiment>/shared/<hash>/` and linked by every trial that uses them. The experts
 train through the same stage as `trixmed run`, on one of the sweep's worker groups (`tune.trainer:
 workers`, started once per sweep: train/worker_group.py; the trial reports each epoch to Tune) or
-in a Ray Train run of their own (`ray_train`; its callback reports the epochs: reports.py). Either
+in a Ray Train run of their own (`ray_train`; its callback reports the epochs: train/tune_reports.py). Either
 way, a trial restored with its sweep resumes its training from the last epoch's checkpoint, and
 reports the epochs before it again (Tune starts a restored trial's record over). A last
 report adds the validation scores of the sets the evaluate stage's rule decides (threshold, then DDI
@@ -29,6 +29,7 @@ from trixmed.console import Console, redirect_output
 from trixmed.io import read_json, write_json
 from trixmed.pipeline.stages import STAGES, config_hash, run_stage
 from trixmed.run_dir import ExperimentDir, RunDir
+from trixmed.train.session import Fit
 from trixmed.tune.space import SearchSpace
 
 # the base run's stages a trial reads unchanged
@@ -87,19 +88,16 @@ def trial_main(params: dict[str, Any], spec: TrialSpec) -> None:
     tune.report({"epoch": len(history["epochs"]), "val_jaccard": history["best_val_jaccard"], "scores": scores})
 
 
-def _trial_fit(leases: str | None) -> Any:
-    """How the trial trains: on a leased worker group, reporting each epoch to Tune itself, or in
-    its own Ray Train run, whose callback reports them."""
-    from ray import tune
-
+def _trial_fit(leases: str | None) -> Fit:
+    """How the trial trains: on one of the sweep's worker groups, or in a Ray Train run of its own;
+    either reports each epoch to Tune."""
     if leases:
         from trixmed.train.worker_group import leased_fit
 
-        return functools.partial(leased_fit(leases), on_epoch=tune.report)
+        return functools.partial(leased_fit(leases), report_to_tune=True)
     from trixmed.train.ray_fit import fit
-    from trixmed.tune.reports import EpochReports
 
-    return functools.partial(fit, callbacks=(EpochReports(),))
+    return functools.partial(fit, report_to_tune=True)
 
 
 def trial_dirname(trial: Any) -> str:
