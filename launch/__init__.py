@@ -235,7 +235,7 @@ def submit(command: str, args: list[str], *, executor: str = "slurm", folder: st
             slurm_additional_parameters=extra,
         )
         if "mem" in res and "mem" not in extra:
-            params["mem"] = res["mem"]
+            params["slurm_mem"] = res["mem"]   # submitit: "mem" is deprecated
         gpus = gpus_per_node if gpus_per_node is not None else int(res.get("gpus-per-node", 0) or 0)
         if gpus:
             params["gpus_per_node"] = gpus
