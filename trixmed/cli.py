@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("trixmed.commands.stage", "pooled hidden states of every training sample → features/"),
     "stratify": ("trixmed.commands.stage", "PCA + z-score + K-means → clusters/"),
     "experts": ("trixmed.commands.stage", "phase 3: train the cluster-routed MoE-LoRA experts → experts/"),
+    "edit": ("trixmed.commands.stage", "FLAME's list-wise editor over the evaluated run's sets (editor.enabled) → editor/"),
     "evaluate": ("trixmed.commands.evaluate", "score a trained run (threshold on val, bootstrap on test) or any predictions file → table + JSON"),
     "baseline": ("trixmed.commands.baseline", "a multi-hot baseline (lr, mlp) trained and scored by the same harness → baselines/<name>/"),
     "transfer": ("trixmed.commands.transfer", "zero-shot: a trained run on this config's dataset (codes mapped by string) → transfer/<source>/"),

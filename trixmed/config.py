@@ -337,6 +337,42 @@ class BaselinesConfig:
 
 
 @dataclass
+class EditorConfig:
+    """FLAME's list-wise editor over the experts model's decided sets (trixmed/models/editor.py,
+    trixmed/train/editor_fit.py): the `edit` stage, off by default."""
+
+    enabled: bool = False
+    max_edits: int = 4              # edits per visit at most (FLAME: about 2 per patient on MIMIC-III)
+    hidden: int = 128               # width of the policy's hidden layer
+    lr: float = 1e-3
+    batch_size: int = 256           # visits per update
+    sft_epochs: int = 5             # supervised epochs on edits built from the point-wise errors
+    grpo_epochs: int = 5            # step-wise GRPO epochs after them (0: SFT only)
+    group_size: int = 8             # trajectories sampled per visit, normalised within the group
+    ppo_epochs: int = 2             # updates per sampled batch, each clipped against the sampling policy
+    clip: float = 0.2               # PPO ratio clip ε
+    step_weight: float = 0.5        # λ: weight of each step's φ improvement in its advantage
+    refusal_weight: float = 0.2     # β: φ's penalty for a set edited down to nothing
+    # α of φ = Jaccard − α·DDI − β·refusal. null: the run's eval.ddi_alpha as evaluate chose or
+    # fixed it (metrics.json); a number trains the editor at that α without moving the start sets,
+    # so its Jaccard–DDI curve can be swept (one training per α) beside the decoder's
+    ddi_alpha: float | None = None
+
+    def validate(self, where: str) -> None:
+        _at_least(where, self, ("max_edits", "hidden", "batch_size", "group_size", "ppo_epochs"), 1)
+        _at_least(where, self, ("sft_epochs", "grpo_epochs", "step_weight", "refusal_weight"), 0)
+        if self.sft_epochs + self.grpo_epochs < 1:
+            raise TrixmedError(where + ".sft_epochs", "sft_epochs + grpo_epochs must be >= 1 (nothing would train)")
+        if self.group_size < 2 and self.grpo_epochs:
+            raise TrixmedError(where + ".group_size", f"must be >= 2 for GRPO (advantages are normalised within the group), got {self.group_size}")
+        for name in ("lr", "clip"):
+            if getattr(self, name) <= 0:
+                raise TrixmedError(f"{where}.{name}", f"must be > 0, got {getattr(self, name)}")
+        if self.ddi_alpha is not None and self.ddi_alpha < 0:
+            raise TrixmedError(where + ".ddi_alpha", f"must be >= 0 or null, got {self.ddi_alpha}")
+
+
+@dataclass
 class DistributedConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -479,6 +515,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    editor: EditorConfig = field(default_factory=EditorConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     test_hooks: TestHooksConfig = field(default_factory=TestHooksConfig)

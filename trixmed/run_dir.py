@@ -9,6 +9,8 @@
         experts/        phase 3: model/, history.json
         eval/           evaluate: metrics.json, metrics.md, predictions_{val,test}.jsonl
                         (+ ablations.json, optional rows for the report)
+        editor/         edit (only with editor.enabled): model/ (safetensors), editor.json (history, the
+                        epoch kept), the edited sets' predictions_{val,test}.jsonl, metrics.json, metrics.md
         baselines/<name>/ `trixmed baseline lr|mlp`: model.safetensors, baseline.json (training history),
                         predictions_{val,test}.jsonl, metrics.json, metrics.md (the same harness as eval/)
         transfer/<source>/ `trixmed transfer --from SOURCE`: predictions_test.jsonl, metrics.json (with the
@@ -86,7 +88,7 @@ class RunDir:
 
     # stage name → its output directory
     STAGE_DIRS = {"prepare": "dataset", "warmup": "warmup", "extract": "features", "stratify": "clusters",
-                  "experts": "experts", "evaluate": "eval"}
+                  "experts": "experts", "evaluate": "eval", "edit": "editor"}
     PHASES = ("warmup", "experts")
 
     def __init__(self, root: str | Path):
@@ -130,6 +132,16 @@ class RunDir:
 
     def predictions(self, split: str) -> Path:
         return self.eval / f"predictions_{split}.jsonl"
+
+    @property
+    def editor(self) -> Path:
+        """The edit stage's output (editor.enabled): model/, editor.json, and the edited sets'
+        predictions_{val,test}.jsonl, metrics.json, metrics.md under the names eval/ uses."""
+        return self.stage_dir("edit")
+
+    @property
+    def editor_model(self) -> Path:
+        return self.editor / MODEL_DIR
 
     def transfer(self, source: str) -> Path:
         """`trixmed transfer --from SOURCE`: that run's zero-shot scores on this run's test split."""

@@ -1,5 +1,5 @@
 """benchmarks/accuracy.py end to end with `--smoke`: every model of the table (two baselines, the
-TRIXMED ablations, the NLA-MMR drug tower, TRIXMED) through the product's commands on the demo,
+TRIXMED ablations, the NLA-MMR drug tower, the FLAME editor, TRIXMED) through the product's commands on the demo,
 rows in the issue's format, a kept job not re-run, and the Markdown table built from the rows."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"LR (per-drug logistic regression)", "MLP (2 layers)", "TRIXMED w/o MoE (one LoRA)",
-          "Std. MoE (learned gate, no clusters)", "NLA-MMR drug tower (TRIXMED encoder)", "TRIXMED"}
+          "Std. MoE (learned gate, no clusters)", "NLA-MMR drug tower (TRIXMED encoder)", "FLAME editor (TRIXMED point-wise)",
+          "TRIXMED"}
 
 
 def _smoke(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -45,11 +46,18 @@ def test_accuracy_smoke(tmp_path: Path) -> None:
     tower = by[("NLA-MMR drug tower (TRIXMED encoder)", "visit")]["config"]
     assert "model.head=drug_tower model.margin_weight=0.05" in tower and "-drug-tower " in tower
     assert "model.head" not in by[("TRIXMED", "visit")]["config"]
+    # the editor over TRIXMED's sets, in its own run directory, with its counts and its α curve
+    flame = by[("FLAME editor (TRIXMED point-wise)", "visit")]["config"]
+    assert "editor.enabled=true" in flame and "-flame " in flame
     run = json.loads((tmp_path / "accuracy_run.json").read_text())
     assert run["smoke"] is True and run["total_wall_s"] > 0 and len(run["attempts"]) == 1
+    (editor,) = run["editor"]
+    assert editor["edits_per_patient"] >= 0 and [c["alpha"] for c in editor["curve"]] == [1.0]
     table = out.with_suffix(".md").read_text()
     j = by[("MLP (2 layers)", "visit")]["metrics"]["jaccard"]
     assert f"| MLP (2 layers) | {j['mean']:.4f} ± {j['std']:.4f} |" in table
+    assert "## FLAME's list-wise editor over TRIXMED's point-wise sets (test)" in table
+    assert "### Jaccard–DDI over α, mimic3_demo (test)" in table
     assert "trixmed.cli" in (work / "jobs").joinpath(next(p.name for p in (work / "jobs").glob("*TRIXMED.log"))).read_text()
 
     # a second invocation keeps every finished job: nothing is trained again

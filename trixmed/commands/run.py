@@ -42,6 +42,9 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(format_table(read_json(rd.metrics)))
     print()
+    if cfg.editor.enabled:
+        print("FLAME editor over these sets, " + format_table(read_json(rd.editor / rd.metrics.name)))
+        print()
     print("stages: " + ", ".join(f"{r.name} {r.status} ({r.wall_s:.1f} s)" for r in results)
           + f"; total {time.perf_counter() - t0:.1f} s")
     print(f"artifacts in {rd.root.resolve()}:")
@@ -52,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
                        (rd.model("experts"), "TRIXMED experts model (safetensors)"),
                        (rd.metrics, "test metrics, bootstrap, threshold chosen on validation"),
                        (rd.predictions("test"), "test predictions (`trixmed evaluate --predictions`)"),
+                       *(((rd.editor, "FLAME editor: model, edited sets, their metrics (editor.enabled)"),)
+                         if cfg.editor.enabled else ()),
                        (rd.tensorboard("warmup").parent, "TensorBoard event files"),
                        (rd.logs, "Ray's, DeepSpeed's and the workers' logs"),
                        (rd.run_file, "stage states and content hashes")):

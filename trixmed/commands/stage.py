@@ -1,4 +1,4 @@
-"""`trixmed warmup|extract|stratify|experts`: run one pipeline stage over a run directory."""
+"""`trixmed warmup|extract|stratify|experts|edit`: run one pipeline stage over a run directory."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def build_plan(cfg: Config, counts: dict[str, Any] | None = None) -> dict[str, A
     rd = RunDir(cfg.run_dir)
     stages = []
     upstream_runs = False   # once a stage re-runs, every later stage gets new inputs
-    for name, stage in STAGES.items():
+    for name, stage in ((n, s) for n, s in STAGES.items() if s.enabled(cfg)):
         try:
             done = not upstream_runs and rd.is_complete(name, input_hash(cfg, rd, stage), config_hash(cfg, stage.keys(cfg)))
             status = "up to date (skip)" if done else ("will run (after its inputs)" if upstream_runs else "will run")

@@ -30,6 +30,7 @@ class ModelPredictions:
     probs: np.ndarray             # [N, n_med]
     clusters: np.ndarray          # [N]
     gates: np.ndarray | None      # [N, E] expert weights (None for an un-routed model)
+    pooled: np.ndarray            # [N, H] the patient vectors the medication head read
 
 
 def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> ModelPredictions:
@@ -43,7 +44,7 @@ def model_predictions(cfg: Config, rd: RunDir, ds: Dataset, split: str) -> Model
     clusters = [lookup[s.visit_key] for s in samples]
     model = load_model(rd.model("experts"), cfg, ds.vocab)
     out = infer(model, collator_for(cfg, ds.vocab), samples, clusters, progress=f"predict {split}")
-    return ModelPredictions(samples, out["probs"], np.asarray(clusters), out.get("gates"))
+    return ModelPredictions(samples, out["probs"], np.asarray(clusters), out.get("gates"), out["pooled"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,13 +105,15 @@ def route_new_patients(cfg: Config, rd: RunDir, vocab: Vocab, samples: list[Samp
     return out, cluster, distance
 
 
-def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, choices: Choices) -> dict[str, Any]:
+def predict_patient(cfg: Config, rd: RunDir, sample: Sample, ds: Dataset, choices: Choices,
+                    routed: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Ranked medications with probabilities, the patient's cluster and the expert weights; the
     predicted set is decided by the run's choices (threshold, DDI safety weight α), as the evaluate
-    stage decided its test sets."""
+    stage decided its test sets. `routed`: `route_new_patients`' result for [sample], where the
+    caller has it already."""
     from trixmed.text.titles import CodeTitles
 
-    out, cluster, distance = route_new_patients(cfg, rd, ds.vocab, [sample])
+    out, cluster, distance = routed or route_new_patients(cfg, rd, ds.vocab, [sample])
     probs = out["probs"][0]
     chosen = choices.decide(probs[None], ds.ddi)[0]
     order = np.argsort(-probs, kind="stable")

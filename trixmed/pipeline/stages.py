@@ -53,6 +53,8 @@ class Stage:
     config_keys: tuple[str, ...]  # dotted config keys the result depends on
     run: Callable[[Config, RunDir, Path, str, StageContext], dict[str, Any]]  # (cfg, run dir, staging dir, input hash, context) → summary
     reads_text: bool = False      # renders narratives (hf backbone): the `text` section matters too
+    # whether `trixmed run` runs it for this config (an optional stage is off unless its config says so)
+    enabled: Callable[[Config], bool] = lambda cfg: True
 
     def keys(self, cfg: Config) -> tuple[str, ...]:
         """The config keys of this stage for this config: `text` only where narratives are rendered."""
@@ -167,6 +169,12 @@ def _evaluate(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> 
             **{k: v["mean"] for k, v in result["metrics"].items()}}
 
 
+def _edit(cfg: Config, rd: RunDir, out: Path, _: str, ctx: StageContext) -> dict[str, Any]:
+    from trixmed.pipeline.edit import run_edit
+
+    return run_edit(cfg, rd, out, ctx.console)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -177,6 +185,9 @@ STAGES: dict[str, Stage] = {
         Stage("experts", ("prepare", "warmup", "stratify"), ("seed", "model", "experts", *_DIST_KEYS), _train("experts"),
               reads_text=True),
         Stage("evaluate", ("prepare", "experts", "stratify"), ("model", "eval"), _evaluate, reads_text=True),
+        # FLAME's editor over the evaluated run: it starts from the sets evaluate decided (eval/ is an input)
+        Stage("edit", ("prepare", "experts", "stratify", "evaluate"), ("seed", "model", "eval", "editor"), _edit,
+              reads_text=True, enabled=lambda cfg: cfg.editor.enabled),
     )
 }
 
@@ -208,6 +219,8 @@ def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console |
     console = console or Console()
     ctx = StageContext(console, fit, run_prefix)
     stage = STAGES[name]
+    if not stage.enabled(cfg):
+        raise TrixmedError("editor.enabled", f"is false: stage {name} has nothing to do (set editor.enabled=true)")
     rd = RunDir(cfg.run_dir)
     output = rd.stage_dir(name)
     ihash = input_hash(cfg, rd, stage)
@@ -233,5 +246,7 @@ def run_stage(cfg: Config, name: str, *, force: bool = False, console: Console |
 
 def run_pipeline(cfg: Config, *, stages: list[str] | None = None, force: bool = False,
                  console: Console | None = None) -> list[StageResult]:
+    """Run `stages` (default: every stage the config enables) in order."""
     console = console or Console()
-    return [run_stage(cfg, name, force=force, console=console) for name in (stages or list(STAGES))]
+    names = stages or [name for name, stage in STAGES.items() if stage.enabled(cfg)]
+    return [run_stage(cfg, name, force=force, console=console) for name in names]

@@ -12,6 +12,9 @@ explanation, as JSON (`explain_patient`) and as plain-language text (`format_exp
     medications  each recommended drug (the run's decision rule: threshold and α chosen on validation): its share
                  of the cluster's and of all training visits, the patient's earlier visits that
                  had it, and the interacting pairs of the recommended set (the run's DDI matrix)
+    editor       where the run has a trained FLAME editor (the edit stage): its additions and
+                 removals to the recommended set, in order, each with the point-wise probability
+                 and the drugs of the set it interacts with when it was made
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, choice
     """The explanation of `sample` (its last visit is the one prescribed for) as plain JSON data."""
     from trixmed.cluster import ClusterTransform
     from trixmed.models import load_model
-    from trixmed.pipeline.predict import predict_patient
+    from trixmed.pipeline.predict import predict_patient, route_new_patients
     from trixmed.text.titles import CodeTitles
     from trixmed.train.inference import collator_for, infer
 
     cfg = trained_config(cfg, rd)
     titles = CodeTitles.default()
-    predicted = predict_patient(cfg, rd, sample, ds, choices)
+    routed = route_new_patients(cfg, rd, ds.vocab, [sample])
+    predicted = predict_patient(cfg, rd, sample, ds, choices, routed)
     warm = load_model(rd.model("warmup"), cfg, ds.vocab)
     features = infer(warm, collator_for(cfg, ds.vocab), [sample])["pooled"]
     transform = ClusterTransform.load(rd.clusters)
@@ -109,7 +113,22 @@ def explain_patient(cfg: Config, rd: RunDir, ds: Dataset, sample: Sample, choice
             "interacts_with": sorted(partners.get(code, [])),
         } for code in recommended],
         "interactions": [{"a": a, "a_name": titles.med(a), "b": b, "b_name": titles.med(b)} for a, b in pairs],
+        "editor": _editor_edits(rd, ds, routed[0], recommended, titles),
     }
+
+
+def _editor_edits(rd: RunDir, ds: Dataset, out: dict[str, np.ndarray], recommended: list[str], titles: Any) -> dict[str, Any] | None:
+    """The trained editor's edits of the recommended set and the set it leaves; None without an editor."""
+    from trixmed.pipeline.edit import edit_patient
+
+    if "edit" not in rd.state()["stages"] or not rd.editor_model.is_dir():
+        return None
+    start = ds.multi_hot([tuple(recommended)])[0].astype(bool)
+    edits = edit_patient(rd, ds, out["pooled"][0], out["probs"][0], start)
+    final = list(recommended)
+    for e in edits:   # masked edits: an add is never present yet, a remove always is
+        final.append(e["code"]) if e["action"] == "add" else final.remove(e["code"])
+    return {"edits": [{**e, "name": titles.med(e["code"])} for e in edits], "edited_set": final}
 
 
 def interacting_pairs(codes: list[str], ddi: np.ndarray, med_index: dict[str, int]) -> list[tuple[str, str]]:
@@ -187,6 +206,23 @@ def format_explanation(e: dict[str, Any]) -> str:
     pairs = ", ".join(f"{x['a']} + {x['b']}" for x in e["interactions"])
     lines += ["", f"Interacting pairs among the recommendations (DDI matrix): {len(e['interactions']) or 'none'}"
               + (f": {pairs}." if pairs else ".")]
+    if e.get("editor") is not None:
+        lines += ["", _editor_text(e["editor"], e["threshold"])]
+    return "\n".join(lines)
+
+
+def _editor_text(ed: dict[str, Any], threshold: float) -> str:
+    """The editor's edits in plain language."""
+    if not ed["edits"]:
+        return "List-wise editor (FLAME): no edit; it keeps the recommended set as it is."
+    lines = [f"List-wise editor (FLAME): {_n(len(ed['edits']), 'edit')} to the recommended set, in order "
+             f"(prob.: the point-wise model's probability, threshold {threshold:.2f}):"]
+    for x in ed["edits"]:
+        sign, verb = ("+", "adds") if x["action"] == "add" else ("−", "removes")
+        partners = (f"interacts with {', '.join(x['interacts_with'])} in the set" if x["interacts_with"]
+                    else "no interacting drug in the set")
+        lines.append(f"  {sign} {verb} {x['code']} {x['name']} (prob. {x['probability']:.2f}; {partners})")
+    lines.append(f"  Edited set: {_n(len(ed['edited_set']), 'medication')}: {', '.join(ed['edited_set']) or 'none'}.")
     return "\n".join(lines)
 
 
