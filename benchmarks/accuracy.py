@@ -308,6 +308,9 @@ def editor_report(jobs: list[Job], results: dict[str, dict]) -> list[dict]:
                   "ddi_rate": results[j.name]["visit"]["ddi_rate"]["mean"],
                   "edits_per_patient": results[j.name]["editor"]["edits_per_patient"]}
                  for j in jobs if j.model == FLAME and j.tag.startswith("editor-alpha") and j.dataset == job.dataset]
+        if e["ddi_alpha"] not in {c["alpha"] for c in curve}:   # the row's own α (the decoder's), where not swept
+            curve.append({"alpha": e["ddi_alpha"], "jaccard": r["visit"]["jaccard"]["mean"],
+                          "ddi_rate": r["visit"]["ddi_rate"]["mean"], "edits_per_patient": e["edits_per_patient"]})
         out.append({"dataset": job.dataset, "ddi_alpha": e["ddi_alpha"], "kept": e["kept"],
                     "editor": {k: r["visit"][k] for k in ("jaccard", "ddi_rate", "avg_drugs")},
                     "pointwise": {k: e["pointwise"][k] for k in ("jaccard", "ddi_rate", "avg_drugs")},
@@ -334,13 +337,14 @@ def _editor_markdown(report: list[dict]) -> list[str]:
                      f"{r['val_jaccard_pointwise']:.4f} → {r['val_jaccard']:.4f} |")
     lines.append("")
     for r in report:
-        if not r["curve"]:
+        if len(r["curve"]) < 2:
             continue
         decoder = {c["alpha"]: c for c in r["decoder_curve"]}
         lines += [f"### Jaccard–DDI over α, {r['dataset']} (test)", "",
                   "Editor: α weighs the DDI rate in its reward φ = Jaccard − α·DDI − 0.2·refusal (one training each). "
                   "Decoder: α is the probability a drug needs per interacting partner already chosen "
-                  "(`eval.ddi_alpha`), on the same point-wise probabilities. Same numbers, different units.", "",
+                  "(`eval.ddi_alpha`), on the same point-wise probabilities. Same numbers, different units. Editor: "
+                  "bootstrap means; decoder: the whole test split (its safety curve), so they differ slightly at equal sets.", "",
                   "| α | editor Jaccard | editor DDI | edits/patient | decoder Jaccard | decoder DDI |", "|---|---|---|---|---|---|"]
         for c in r["curve"]:
             d = decoder.get(c["alpha"])

@@ -52,7 +52,7 @@ def test_accuracy_smoke(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "accuracy_run.json").read_text())
     assert run["smoke"] is True and run["total_wall_s"] > 0 and len(run["attempts"]) == 1
     (editor,) = run["editor"]
-    assert editor["edits_per_patient"] >= 0 and [c["alpha"] for c in editor["curve"]] == [1.0]
+    assert editor["edits_per_patient"] >= 0 and [c["alpha"] for c in editor["curve"]] == [0.0, 1.0]   # the row's α, then the swept one
     table = out.with_suffix(".md").read_text()
     j = by[("MLP (2 layers)", "visit")]["metrics"]["jaccard"]
     assert f"| MLP (2 layers) | {j['mean']:.4f} ± {j['std']:.4f} |" in table
