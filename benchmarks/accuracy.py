@@ -64,12 +64,24 @@ MODELS = {
     # drugs' titles and molecules instead of TRIXMED's free output layer, and its loss (0.95·BCE +
     # 0.05·margin); TRIXMED below is its control
     "NLA-MMR drug tower (TRIXMED encoder)": ("run", None, ("model.head=drug_tower", "model.margin_weight=0.05")),
+    # LAMO (2025) on TRIXMED's encoder, warm-up, clusters and experts: one adapter per group of
+    # medications, the LoRA rank 8 split into 4 blocks of 2 (the same adapter parameters as
+    # TRIXMED's one shared LoRA), groups by ATC anatomical letter or by co-prescription on the
+    # training split; TRIXMED below is their control
+    "LAMO drug groups, ATC (TRIXMED encoder)": ("run", None, ("model.drug_groups.by=atc", "model.drug_groups.count=4")),
+    "LAMO drug groups, co-prescription (TRIXMED encoder)":
+        ("run", None, ("model.drug_groups.by=coprescription", "model.drug_groups.count=4")),
     "TRIXMED": ("run", None, ()),
 }
 HEADLINE_MODEL = "TRIXMED"
 # models whose change reaches the warm-up train in a run directory of their own: the variants
 # sharing one reuse its warm-up, features and clusters (the stage hashes)
-OWN_RUN_DIR = {"NLA-MMR drug tower (TRIXMED encoder)": "drug-tower"}
+OWN_RUN_DIR = {"NLA-MMR drug tower (TRIXMED encoder)": "drug-tower",
+               "LAMO drug groups, ATC (TRIXMED encoder)": "lamo-atc",
+               "LAMO drug groups, co-prescription (TRIXMED encoder)": "lamo-coprescription"}
+# models measured on some datasets only (each G× forward costs G times the training); --smoke runs every model
+ONLY_ON = {"LAMO drug groups, ATC (TRIXMED encoder)": ("mimic3_safedrug131", "mimic4_raremed122"),
+           "LAMO drug groups, co-prescription (TRIXMED encoder)": ("mimic3_safedrug131", "mimic4_raremed122")}
 # What each change to the paper's TRIXMED bought on validation: cumulative, in the order tried;
 # the first row is the paper's model, the last is configs/mimic3_codes.yaml.
 PAPER = ("model.pool=mean", "model.direct=[]", "experts.train_backbone=none", "experts.epochs=6", "eval.ddi_alpha=0")
@@ -259,9 +271,9 @@ def plan(smoke: bool) -> tuple[list[Job], list[tuple[tuple[str, str], tuple[str,
         return jobs, []
     # the headline first, then what the zero-shot transfer needs (MIMIC-IV), then the rest
     order = (DATASETS[0], DATASETS[3], DATASETS[1], DATASETS[2])
-    jobs = [Job.of(DATASETS[0], "safedrug", m) for m in MODELS]
+    jobs = [Job.of(DATASETS[0], "safedrug", m) for m in MODELS if DATASETS[0] in ONLY_ON.get(m, DATASETS)]
     jobs += [Job(*HEADLINE, HEADLINE_MODEL, extra, tag=f"attempt{i}", run_tag="attempts") for i, (_, extra) in enumerate(ATTEMPTS)]
-    jobs += [Job.of(d, "safedrug", m) for d in order[1:] for m in MODELS]
+    jobs += [Job.of(d, "safedrug", m) for d in order[1:] for m in MODELS if d in ONLY_ON.get(m, DATASETS)]
     jobs += [Job.of(d, p, m) for d in (DATASETS[0], DATASETS[3]) for p in ("patient-7:3", "visit-7:3")
              for m in ("MLP (2 layers)", HEADLINE_MODEL)]
     transfers = [((DATASETS[0], "safedrug"), (DATASETS[3], "safedrug")), ((DATASETS[3], "safedrug"), (DATASETS[0], "safedrug"))]
