@@ -13,9 +13,8 @@ the copy of its own group. The patient vector is the mean of the G copies' poole
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
