@@ -74,17 +74,29 @@ MODELS = {
     # adds and removes drugs of TRIXMED's decided sets; its row is the edited sets, its point-wise
     # control the same run's eval/ (editor block of editor/metrics.json)
     FLAME: ("run", None, ("editor.enabled=true",)),
+    # LAMO (2025) on TRIXMED's encoder, warm-up, clusters and experts: one adapter per group of
+    # medications, the LoRA rank 8 split into 4 blocks of 2 (the same adapter parameters as
+    # TRIXMED's one shared LoRA), groups by ATC anatomical letter or by co-prescription on the
+    # training split; TRIXMED below is their control
+    "LAMO drug groups, ATC (TRIXMED encoder)": ("run", None, ("model.drug_groups.by=atc", "model.drug_groups.count=4")),
+    "LAMO drug groups, co-prescription (TRIXMED encoder)":
+        ("run", None, ("model.drug_groups.by=coprescription", "model.drug_groups.count=4")),
     "TRIXMED": ("run", None, ()),
 }
 HEADLINE_MODEL = "TRIXMED"
-# models scored on some datasets only (the others run everywhere)
-ONLY_ON = {FLAME: ("mimic3_safedrug131", "mimic4_raremed122")}
 # the editor's φ weight α of its Jaccard–DDI curve, one editor training each on the FLAME run
 # directory (only the edit stage re-runs); the decoder's curve of the same run sits beside it
 EDITOR_ALPHAS = (0.0, 0.1, 0.3, 1.0)
 # models whose change reaches the warm-up train in a run directory of their own: the variants
 # sharing one reuse its warm-up, features and clusters (the stage hashes)
-OWN_RUN_DIR = {"NLA-MMR drug tower (TRIXMED encoder)": "drug-tower", FLAME: "flame"}
+# FLAME's row runs in TRIXMED's run directory: the editor changes no stage before its own, so
+# it costs one edit stage over the finished TRIXMED run
+OWN_RUN_DIR = {"NLA-MMR drug tower (TRIXMED encoder)": "drug-tower",
+               "LAMO drug groups, ATC (TRIXMED encoder)": "lamo-atc",
+               "LAMO drug groups, co-prescription (TRIXMED encoder)": "lamo-coprescription"}
+# models measured on some datasets only (LAMO's G× forward costs G times the training); --smoke runs every model
+ONLY_ON = {m: ("mimic3_safedrug131", "mimic4_raremed122")
+           for m in (FLAME, "LAMO drug groups, ATC (TRIXMED encoder)", "LAMO drug groups, co-prescription (TRIXMED encoder)")}
 # What each change to the paper's TRIXMED bought on validation: cumulative, in the order tried;
 # the first row is the paper's model, the last is configs/mimic3_codes.yaml.
 PAPER = ("model.pool=mean", "model.direct=[]", "experts.train_backbone=none", "experts.epochs=6", "eval.ddi_alpha=0")
@@ -280,9 +292,9 @@ def plan(smoke: bool) -> tuple[list[Job], list[tuple[tuple[str, str], tuple[str,
         return jobs, []
     # the headline first, then what the zero-shot transfer needs (MIMIC-IV), then the rest
     order = (DATASETS[0], DATASETS[3], DATASETS[1], DATASETS[2])
-    jobs = [Job.of(DATASETS[0], "safedrug", m) for m in MODELS]
+    jobs = [Job.of(DATASETS[0], "safedrug", m) for m in MODELS if DATASETS[0] in ONLY_ON.get(m, DATASETS)]
     jobs += [Job(*HEADLINE, HEADLINE_MODEL, extra, tag=f"attempt{i}", run_tag="attempts") for i, (_, extra) in enumerate(ATTEMPTS)]
-    jobs += [Job.of(d, "safedrug", m) for d in order[1:] for m in MODELS if d in ONLY_ON.get(m, (d,))]
+    jobs += [Job.of(d, "safedrug", m) for d in order[1:] for m in MODELS if d in ONLY_ON.get(m, DATASETS)]
     jobs += [_editor_alpha_job(d, a) for d in ONLY_ON[FLAME] for a in EDITOR_ALPHAS]
     jobs += [Job.of(d, p, m) for d in (DATASETS[0], DATASETS[3]) for p in ("patient-7:3", "visit-7:3")
              for m in ("MLP (2 layers)", HEADLINE_MODEL)]
@@ -291,8 +303,8 @@ def plan(smoke: bool) -> tuple[list[Job], list[tuple[tuple[str, str], tuple[str,
 
 
 def _editor_alpha_job(dataset: str, alpha: float) -> Job:
-    """The FLAME editor retrained at φ weight `alpha` on the FLAME run directory (its start sets unchanged)."""
-    return Job(dataset, "safedrug", FLAME, (f"editor.ddi_alpha={alpha}",), tag=f"editor-alpha{alpha}", run_tag=OWN_RUN_DIR[FLAME])
+    """The FLAME editor retrained at φ weight `alpha` on the FLAME row's run directory (its start sets unchanged)."""
+    return Job(dataset, "safedrug", FLAME, (f"editor.ddi_alpha={alpha}",), tag=f"editor-alpha{alpha}", run_tag=OWN_RUN_DIR.get(FLAME, ""))
 
 
 def editor_report(jobs: list[Job], results: dict[str, dict]) -> list[dict]:

@@ -185,6 +185,16 @@ class MoEConfig:
 
 
 HEADS = ("free", "drug_tower")
+DRUG_GROUPINGS = ("none", "atc", "coprescription")
+
+
+@dataclass
+class DrugGroupsConfig:
+    """LAMO's drug-group adapters (trixmed/cluster/drug_groups.py, docs/model.md): every adapted
+    linear's LoRA rank is split into `count` blocks, block g answering for the drugs of group g."""
+
+    by: str = "none"   # none (one shared adapter) | atc (ATC level-1 letters) | coprescription (training split)
+    count: int = 4     # groups G; must divide model.lora.rank
 
 
 @dataclass
@@ -218,6 +228,8 @@ class ModelConfig:
     drug_tower: DrugTowerConfig = field(default_factory=DrugTowerConfig)
     # w of the medication loss (1 - w)·BCE + w·multilabel margin (SafeDrug's and NLA-MMR's 0.05); 0 = BCE
     margin_weight: float = 0.0
+    # LAMO: one adapter per group of medications, the LoRA rank split between them (docs/model.md)
+    drug_groups: DrugGroupsConfig = field(default_factory=DrugGroupsConfig)
 
     def validate(self, where: str) -> None:
         _choice(where + ".backbone", self.backbone, ("codes", "hf"))
@@ -258,6 +270,14 @@ class ModelConfig:
         if not self.lora.targets:
             raise TrixmedError(where + ".lora.targets", "must name at least one linear layer")
         _choice(where + ".hf.torch_dtype", self.hf.torch_dtype, ("float32", "bfloat16", "float16"))
+        groups = self.drug_groups
+        _choice(where + ".drug_groups.by", groups.by, DRUG_GROUPINGS)
+        if groups.by != "none":
+            if groups.count < 1 or self.lora.rank % groups.count:
+                raise TrixmedError(where + ".drug_groups.count", f"must divide model.lora.rank={self.lora.rank}, got {groups.count}")
+            if self.moe.ep_size > 1:
+                raise TrixmedError(where + ".drug_groups", "needs model.moe.ep_size 1: the expert-parallel dispatch "
+                                   "does not carry the drug groups' rank masks")
         if self.moe.aux_weight < 0:
             raise TrixmedError(where + ".moe.aux_weight", f"must be >= 0, got {self.moe.aux_weight}")
 

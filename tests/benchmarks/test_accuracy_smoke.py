@@ -1,5 +1,5 @@
 """benchmarks/accuracy.py end to end with `--smoke`: every model of the table (two baselines, the
-TRIXMED ablations, the NLA-MMR drug tower, the FLAME editor, TRIXMED) through the product's commands on the demo,
+TRIXMED ablations, the NLA-MMR drug tower, the FLAME editor, LAMO's drug groups, TRIXMED) through the product's commands on the demo,
 rows in the issue's format, a kept job not re-run, and the Markdown table built from the rows."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"LR (per-drug logistic regression)", "MLP (2 layers)", "TRIXMED w/o MoE (one LoRA)",
           "Std. MoE (learned gate, no clusters)", "NLA-MMR drug tower (TRIXMED encoder)", "FLAME editor (TRIXMED point-wise)",
-          "TRIXMED"}
+          "LAMO drug groups, ATC (TRIXMED encoder)", "LAMO drug groups, co-prescription (TRIXMED encoder)", "TRIXMED"}
 
 
 def _smoke(out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -46,9 +46,16 @@ def test_accuracy_smoke(tmp_path: Path) -> None:
     tower = by[("NLA-MMR drug tower (TRIXMED encoder)", "visit")]["config"]
     assert "model.head=drug_tower model.margin_weight=0.05" in tower and "-drug-tower " in tower
     assert "model.head" not in by[("TRIXMED", "visit")]["config"]
-    # the editor over TRIXMED's sets, in its own run directory, with its counts and its α curve
+    # the editor over TRIXMED's sets, in TRIXMED's own run directory (it changes no earlier stage)
     flame = by[("FLAME editor (TRIXMED point-wise)", "visit")]["config"]
-    assert "editor.enabled=true" in flame and "-flame " in flame
+    assert "editor.enabled=true" in flame
+    assert flame.replace(" editor.enabled=true", "") == by[("TRIXMED", "visit")]["config"]
+    # so do LAMO's drug groups, one run directory per grouping
+    for by_what, tag in (("atc", "lamo-atc"), ("coprescription", "lamo-coprescription")):
+        name = "ATC" if by_what == "atc" else "co-prescription"
+        config = by[(f"LAMO drug groups, {name} (TRIXMED encoder)", "visit")]["config"]
+        assert f"model.drug_groups.by={by_what} model.drug_groups.count=4" in config and f"-{tag} " in config
+    assert "model.drug_groups" not in by[("TRIXMED", "visit")]["config"]
     run = json.loads((tmp_path / "accuracy_run.json").read_text())
     assert run["smoke"] is True and run["total_wall_s"] > 0 and len(run["attempts"]) == 1
     (editor,) = run["editor"]

@@ -136,3 +136,12 @@ def test_text_settings_matter_only_where_narratives_are_rendered():
         stage = STAGES[name]
         assert config_hash(hf_base, stage.keys(hf_base)) != config_hash(hf_text, stage.keys(hf_text)), name
     assert config_hash(hf_base, STAGES["prepare"].keys(hf_base)) == config_hash(hf_text, STAGES["prepare"].keys(hf_text))
+
+
+def test_drug_groups_change_the_warmup_and_every_stage_after_it():
+    from trixmed.pipeline.stages import STAGES, config_hash
+
+    plain, grouped = load_config(None, []), load_config(None, ["model.drug_groups.by=atc"])
+    for name in ("warmup", "extract", "experts", "evaluate"):
+        assert config_hash(plain, STAGES[name].keys(plain)) != config_hash(grouped, STAGES[name].keys(grouped)), name
+    assert config_hash(plain, STAGES["prepare"].keys(plain)) == config_hash(grouped, STAGES["prepare"].keys(grouped))

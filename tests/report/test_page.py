@@ -112,3 +112,15 @@ def test_format_explanation_reads_plainly():
     e["recommendations"], e["interactions"] = [], []
     text = format_explanation(e)
     assert "no router (none)" in text and "none reaches the threshold" in text and "(DDI matrix): none." in text
+
+
+def test_drug_groups_section_lists_each_groups_medications():
+    from trixmed.report.run_report import _drug_groups_section, drug_group_members
+
+    groups = drug_group_members("atc", ["N02B", "A02B", "N05A", "C07A"], [0, 1, 0, 1])
+    assert groups == {"by": "atc", "groups": [["N02B", "N05A"], ["A02B", "C07A"]]}
+    page = Page("report")
+    _drug_groups_section(page, groups)
+    md = page.to_markdown()
+    assert "## Drug groups" in md and "| 0 | 2 | N02B, N05A |" in md and "| 1 | 2 | A02B, C07A |" in md
+    assert "grouped by atc" in md

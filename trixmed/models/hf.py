@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from trixmed.config import LoraConfig
 from trixmed.errors import TrixmedError
+from trixmed.models.lora import mask_rank
 
 
 class HFBackbone(nn.Module):
@@ -45,6 +46,18 @@ class HFBackbone(nn.Module):
                 self.peft = get_peft_model(lm, peft_cfg)
         except ValueError as exc:
             raise TrixmedError("model.lora.targets", f"{lora.targets} match no layer of {name}: {exc}") from None
+        # drug groups (model.drug_groups): set per forward by MedRecModel; peft's layers are not ours,
+        # so the mask reaches their low-rank activations through a hook on each lora_A
+        self.rank_mask: Tensor | None = None
+        from peft.tuners.lora import LoraLayer
+
+        for m in self.peft.modules():
+            if isinstance(m, LoraLayer):
+                for lora_A in m.lora_A.values():
+                    lora_A.register_forward_hook(self._mask_ranks)
+
+    def _mask_ranks(self, module: nn.Module, inputs: Any, h: Tensor) -> Tensor:
+        return mask_rank(h, self.rank_mask)
 
     @property
     def lm(self) -> nn.Module:

@@ -7,6 +7,11 @@ Routing is per sample and fixed for the whole forward, so the model hands every 
 `Dispatch` once per forward (`MedRecModel` does it) instead of each layer recomputing the gate.
 The local dispatch runs all E experts as one rank-(E·r) adapter with per-sample weights (zero
 outside the top-n), so a layer costs two dense matmuls and no per-sample gathers.
+
+Drug-group adapters (LAMO, `model.drug_groups`): the rank r of an adapter is cut into G blocks of
+r/G, block g being the adapter of drug group g. A per-sample rank mask [B, r] (ones on the row's
+block, zeros elsewhere) scales the low-rank activations h = A x, so a row's delta is s · B_g A_g x
+and the other blocks add exactly nothing and get no gradient from it.
 """
 
 from __future__ import annotations
@@ -30,9 +35,21 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = alpha / rank
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # set per forward by MedRecModel with drug groups on; kept after it, as gradient
+        # checkpointing re-runs the layer during backward
+        self.rank_mask: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.base_layer(x) + (self.lora_dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        h = self.lora_dropout(x) @ self.lora_A.t()
+        return self.base_layer(x) + (mask_rank(h, self.rank_mask) @ self.lora_B.t()) * self.scaling
+
+
+def mask_rank(h: Tensor, rank_mask: Tensor | None) -> Tensor:
+    """Low-rank activations h [B, *, r] with row b's columns scaled by rank_mask [B, r]; h itself
+    without a mask."""
+    if rank_mask is None:
+        return h
+    return h * rank_mask.view(rank_mask.shape[0], *([1] * (h.dim() - 2)), rank_mask.shape[1]).to(h.dtype)
 
 
 class Dispatch(Protocol):
@@ -49,16 +66,23 @@ class LocalDispatch:
     exactly nothing and get no gradient). Two dense matmuls per layer: with E·r ≪ hidden size this
     beat gathering each sample's top-n adapters (per-sample gathers, their scatter-add backward and
     many tiny bmm calls) by a wide margin on CPU; see docs/model.md.
+
+    With drug groups, `rank_mask` [B, r] (the sample's group block) also scales each expert's
+    slice, so it costs nothing beyond the per-sample scale that is there anyway.
     """
 
-    def __init__(self, weights: Tensor, indices: Tensor, num_experts: int):
+    def __init__(self, weights: Tensor, indices: Tensor, num_experts: int, rank_mask: Tensor | None = None):
         self.mix = weights.new_zeros(weights.shape[0], num_experts).scatter(1, indices, weights)  # [B, E]
+        self.rank_mask = rank_mask
         self._scale: Tensor | None = None   # mix repeated over each expert's rank, built on first use
 
     def delta(self, x: Tensor, A: Tensor, B: Tensor) -> Tensor:
         experts, rank, _ = A.shape
         if self._scale is None:
-            self._scale = self.mix.repeat_interleave(rank, dim=1)[:, None, :]
+            scale = self.mix.repeat_interleave(rank, dim=1)
+            if self.rank_mask is not None:
+                scale = scale * self.rank_mask.to(scale.dtype).repeat(1, experts)
+            self._scale = scale[:, None, :]
         xs = x.reshape(x.shape[0], -1, x.shape[-1])
         h = (xs @ A.reshape(experts * rank, -1).t()) * self._scale.to(x.dtype)     # [B, T, E·r]
         y = h @ B.reshape(experts * rank, -1)                                      # [B, T, out]

@@ -4,12 +4,16 @@
                      (the backbone starts from random weights); hf: LoRA and head only.
     phase "experts"  same backbone, frozen; router `none` keeps one LoRA ("w/o MoE"), `triage` and
                      `learned` put E LoRA experts on every adapted linear (MoE-LoRA).
+
+With drug groups (LAMO, `model.drug_groups`) in both phases, a batch of B runs as G×B rows: copy
+g uses only rank block g of every adapter (trixmed/models/lora.py), and drug j's logit comes from
+the copy of its own group. The patient vector is the mean of the G copies' pooled vectors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,12 @@ class MedRecModel(nn.Module):
         self.direct = nn.ModuleDict({name: nn.Linear(sizes[DIRECT_INPUTS[name][0]], n_med, bias=False) for name in cfg.direct})
         for lin in self.direct.values():
             nn.init.zeros_(lin.weight)
+        groups = cfg.drug_groups
+        self.num_groups = groups.count if groups.by != "none" else 0
+        if self.num_groups:
+            # each drug's group; filled by build_model, the saved state or the warm-up's. -1 until
+            # then, so that an unfilled model fails in its first forward instead of using group 0
+            self.register_buffer("drug_group", torch.full((n_med,), -1, dtype=torch.long))
         moe = cfg.moe
         self.router: nn.Module | None = None
         if phase == "experts" and moe.router == "triage":
@@ -82,16 +92,39 @@ class MedRecModel(nn.Module):
         return route(logits, self.cfg.moe.top_n, self.cfg.moe.renormalize)
 
     def _local_dispatch(self, routing: Routing) -> Dispatch:
-        return LocalDispatch(routing.weights, routing.indices, self.cfg.moe.num_experts)
+        return LocalDispatch(routing.weights, routing.indices, self.cfg.moe.num_experts, routing.rank_mask)
+
+    def group_rank_mask(self, batch_size: int) -> Tensor:
+        """[G·B, r]: copy g of the batch keeps rank block g (r/G columns) of every adapter."""
+        blocks = torch.eye(self.num_groups, device=self.drug_group.device)
+        return blocks.repeat_interleave(self.cfg.lora.rank // self.num_groups, dim=1).repeat_interleave(batch_size, dim=0)
+
+    def _set_rank_mask(self, rank_mask: Tensor) -> None:
+        # kept after the forward, like the dispatch: gradient checkpointing re-runs the layers
+        for m in self.modules():
+            if isinstance(m, LoRALinear):
+                m.rank_mask = rank_mask
+        if not isinstance(self.backbone, CodesBackbone):
+            self.backbone.rank_mask = rank_mask   # peft's LoRA layers read it through a hook
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
         routing = self.route(batch)
+        rows, batch_size = batch, batch["labels"].shape[0]
+        if self.num_groups:
+            # routing, the auxiliary loss and the direct paths stay per patient; only the adapted
+            # backbone and the head see the G copies
+            rows = {k: v.repeat(self.num_groups, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+            rank_mask = self.group_rank_mask(batch_size)
+            self._set_rank_mask(rank_mask)
+            if routing is not None:
+                routing = dataclasses.replace(routing, weights=routing.weights.repeat(self.num_groups, 1),
+                                              indices=routing.indices.repeat(self.num_groups, 1), rank_mask=rank_mask)
         if routing is not None:
             dispatch = self.make_dispatch(routing)
             # kept after the forward: gradient checkpointing re-runs the layers during backward
             for m in self.moe_layers:
                 m.dispatch = dispatch
-        hidden, mask, lm_loss = self.backbone(batch)
+        hidden, mask, lm_loss = self.backbone(rows)
         pooled = pool_states(hidden.float(), mask, self.cfg.pool)
         # under DeepSpeed bf16/fp16 the head's weights are half precision: feed it its own dtype,
         # and score the loss in fp32
@@ -102,6 +135,10 @@ class MedRecModel(nn.Module):
             logits = self.head(patient, titles).float()
         else:
             logits = self.head(patient).float()
+        if self.num_groups:
+            logits = logits.view(self.num_groups, batch_size, -1)
+            own = self.drug_group.expand(1, batch_size, -1)
+            logits, pooled = logits.gather(0, own).squeeze(0), pooled.view(self.num_groups, batch_size, -1).mean(dim=0)
         for kind, lin in self.direct.items():
             logits = logits + lin(batch[f"multi_hot_{kind}"].to(lin.weight.dtype)).float()
         if routing is None:
@@ -133,6 +170,8 @@ class MedRecModel(nn.Module):
         """Load the warm-up model's state (backbone, head, LoRA); every expert starts as its LoRA.
         Call it before experts are partitioned over ranks: it fills all E experts."""
         own = self.state_dict()
+        if self.num_groups and "drug_group" not in warm_state:
+            raise ValueError("warm-up state: no drug_group; the warm-up was trained without model.drug_groups")
         used: set[str] = set()
         for name, layer in ((n, m) for n, m in self.named_modules() if isinstance(m, MoELoRALinear)):
             pair = []
@@ -157,7 +196,7 @@ class MedRecModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """LoRA / MoE-LoRA experts, router and medication head: what differs from the base model."""
         return {k: v for k, v in self.state_dict().items()
-                if "lora_" in k or ".experts_" in k or k.startswith(("router.", "head.", "direct."))}
+                if "lora_" in k or ".experts_" in k or k.startswith(("router.", "head.", "direct.")) or k == "drug_group"}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -204,11 +243,14 @@ def set_backbone_trainable(model: MedRecModel, what: str) -> None:
 
 
 def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | None = None,
-                titles: Any = None, lm: nn.Module | None = None, drugs: pd.DataFrame | None = None) -> MedRecModel:
+                titles: Any = None, lm: nn.Module | None = None, drugs: pd.DataFrame | None = None,
+                drug_groups: Sequence[int] | None = None) -> MedRecModel:
     """A fresh model for `phase`. `titles` (trixmed.text.CodeTitles) feeds the codes backbone's title
     words and the drug tower's titles; None loads the bundled CodeTitles.default() where needed. `lm`
     (hf only) is a causal LM built by the caller instead of the one model.hf names. `drugs`
-    (`Dataset.drugs`, model.head drug_tower only) holds each drug's molecules."""
+    (`Dataset.drugs`, model.head drug_tower only) holds each drug's molecules. `drug_groups`
+    (model.drug_groups only; trixmed.cluster.drug_groups) is each drug's group id, in vocabulary
+    order: the warm-up needs it, an experts model takes it from the warm-up state."""
     mcfg = cfg.model
     codes_words = mcfg.backbone == "codes" and mcfg.codes.title_words
     if titles is None and (codes_words or mcfg.head == "drug_tower"):
@@ -226,7 +268,15 @@ def build_model(cfg: Config, vocab: Vocab, *, phase: str, num_clusters: int | No
         if drugs["code"].tolist() != vocab.med:
             raise ValueError("the drug table's codes are not the medication vocabulary, in its order")
         inputs = DrugInputs([list(s) for s in drugs["smiles"]], [titles.med(c) for c in vocab.med])
-    return _build(mcfg, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables, lm=lm, drugs=inputs)
+    model = _build(mcfg, vocab.sizes(), phase=phase, num_clusters=num_clusters, title_tables=tables, lm=lm, drugs=inputs)
+    if model.num_groups and drug_groups is not None:
+        ids = torch.as_tensor(list(drug_groups), dtype=torch.long)
+        if ids.shape != model.drug_group.shape or ids.min() < 0 or ids.max() >= model.num_groups:
+            raise ValueError(f"drug_groups must give each of the {len(vocab.med)} drugs a group in 0..{model.num_groups - 1}")
+        model.drug_group.copy_(ids)
+    elif model.num_groups and phase == "warmup":
+        raise ValueError("model.drug_groups needs each drug's group id (trixmed.cluster.drug_groups)")
+    return model
 
 
 def _build(mcfg: ModelConfig, sizes: dict[str, int], *, phase: str, num_clusters: int | None,
@@ -318,6 +368,17 @@ def _read_meta(directory: Path) -> tuple[dict[str, Any], ModelConfig]:
             raise TrixmedError(directory / name, "missing; not a saved trixmed model")
     meta = read_json(directory / META_FILE)
     return meta, from_dict(ModelConfig, meta["model"], str(directory / META_FILE), "model")
+
+
+def saved_drug_groups(directory: str | Path) -> list[int] | None:
+    """Each drug's group id in a saved model (model.drug_groups), None without groups; read from
+    the weights file without building the model."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    _read_meta(directory)
+    with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+        return f.get_tensor("drug_group").tolist() if "drug_group" in f.keys() else None
 
 
 def saved_model_config(directory: str | Path) -> ModelConfig:

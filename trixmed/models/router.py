@@ -24,6 +24,8 @@ class Routing:
     gates: Tensor     # G [B, E]
     aux_loss: Tensor  # 0-dim
     counts: Tensor    # [E] long: samples that selected each expert
+    # [rows, r] drug-group rank mask of each row the adapters see (model.drug_groups), else None
+    rank_mask: Tensor | None = None
 
 
 def route(logits: Tensor, top_n: int, renormalize: bool = False) -> Routing:

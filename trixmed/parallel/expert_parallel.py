@@ -52,6 +52,9 @@ class ExpertParallel:
         self.first_expert = self.rank * self.num_local
 
     def dispatch(self, routing: Routing) -> AllToAllDispatch:
+        if routing.rank_mask is not None:
+            raise TrixmedError("model.drug_groups", "needs model.moe.ep_size 1: the expert-parallel dispatch "
+                               "does not carry the drug groups' rank masks")
         return AllToAllDispatch(self, routing.weights, routing.indices)
 
     def gather_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:

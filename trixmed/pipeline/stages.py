@@ -20,7 +20,7 @@ from trixmed.config import Config, to_dict
 from trixmed.console import Console
 from trixmed.errors import TrixmedError
 from trixmed.io import atomic_dir, read_json, write_json
-from trixmed.run_dir import RunDir, fingerprint_paths, hash_json, hash_paths
+from trixmed.run_dir import MODEL_DIR, RunDir, fingerprint_paths, hash_json, hash_paths
 from trixmed.train.session import Fit
 
 # distributed settings that change what is trained (not how failures or plans are handled)
@@ -28,7 +28,7 @@ _DIST_KEYS = tuple(f"distributed.{k}" for k in ("num_workers", "use_gpu", "zero_
 # what the warm-up model and its features depend on: not the MoE section, so a sweep over the
 # number of clusters, experts or top-n reuses one warm-up and one feature extraction
 _BACKBONE_KEYS = ("model.backbone", "model.codes", "model.hf", "model.lora", "model.pool", "model.direct",
-                  "model.head", "model.drug_tower", "model.margin_weight")
+                  "model.head", "model.drug_tower", "model.margin_weight", "model.drug_groups")
 # what the clusters depend on: not the number of workers that computed them
 _STRATIFY_KEYS = tuple(f"stratify.{k}" for k in ("pca_components", "num_clusters", "kmeans_iters", "kmeans_tol",
                                                   "kmeans_init", "kmeans_n_init", "profile_top"))
@@ -106,6 +106,12 @@ def _train(phase: str) -> Callable[[Config, RunDir, Path, str, StageContext], di
             ctx.console.line(f"[warmup] drug tower: {molecules_line(molecule_counts(Dataset(rd.dataset).drugs))}")
         name = f"{ctx.run_prefix}{phase}-{hash_json([ihash, config_hash(cfg, STAGES[phase].keys(cfg))])[:12]}"
         history = (ctx.fit or fit)(cfg, phase, out, run_name=name, console=ctx.console)
+        if phase == "warmup" and cfg.model.drug_groups.by != "none":
+            from trixmed.cluster.drug_groups import groups_line
+            from trixmed.models.model import saved_drug_groups
+
+            groups = np.array(saved_drug_groups(out / MODEL_DIR))
+            ctx.console.line(f"[warmup] drug groups: {groups_line(cfg.model.drug_groups.by, groups)}")
         epochs = history["epochs"]
         return {
             "best_val_jaccard": history["best_val_jaccard"],

@@ -109,6 +109,9 @@ def build_run_report(cfg: Config, rd: RunDir, *, map_visits: int = SAMPLE_VISITS
     per_cluster = per_cluster_accuracy(rd, ds, k)
     histories = {p: read_json(rd.history(p)) for p in rd.PHASES if rd.history(p).is_file()}
     ablations = _ablations(rd)
+    from trixmed.models.model import saved_drug_groups
+
+    groups = saved_drug_groups(rd.model("experts"))
 
     data = {
         "run_dir": str(rd.root),
@@ -125,6 +128,7 @@ def build_run_report(cfg: Config, rd: RunDir, *, map_visits: int = SAMPLE_VISITS
         "routing": routing,
         "per_cluster_accuracy": per_cluster,
         "map": {"method": method, "visits": len(xy)},
+        "drug_groups": None if groups is None else drug_group_members(cfg.model.drug_groups.by, ds.vocab.med, groups),
     }
     t = time.perf_counter()
     page = render_page(data, view, (xy, map_labels), histories, profiles)
@@ -201,6 +205,8 @@ def render_page(data: dict[str, Any], view: TrainingView, points: tuple[np.ndarr
     kpis.append((cell(c["silhouette"]["value"]), "silhouette, standardised features"))
     page.kpis(kpis)
     _metrics_section(page, data)
+    if data.get("drug_groups"):
+        _drug_groups_section(page, data["drug_groups"])
     if histories:
         _training_section(page, histories)
     page.section("Patient map")
@@ -236,6 +242,21 @@ def _metrics_section(page: Page, data: dict[str, Any]) -> None:
         rows += [[a["name"], *[_pm(a["metrics"].get(name)) for name in shown]] for a in data["ablations"]]
         page.subsection("Ablations")
         page.table(["model", *[LABELS[name] for name in shown]], rows, caption="Bootstrap mean ± std on the same test split.")
+
+
+def drug_group_members(by: str, codes: list[str], groups: list[int]) -> dict[str, Any]:
+    """Which medications each drug-group adapter answers for (model.drug_groups), codes in vocabulary order."""
+    members = [[c for c, g in zip(codes, groups) if g == group] for group in range(max(groups) + 1)]
+    return {"by": by, "groups": members}
+
+
+def _drug_groups_section(page: Page, groups: dict[str, Any]) -> None:
+    page.section("Drug groups")
+    page.table(["group", "drugs", "medications (ATC)"],
+               [[g, len(codes), ", ".join(codes)] for g, codes in enumerate(groups["groups"])],
+               caption=f"LAMO drug-group adapters, grouped by {groups['by']}: every adapter's LoRA rank is split into "
+                       "one block per group, and a drug's probability comes from its own group's block "
+                       "(docs/model.md, model.drug_groups).")
 
 
 def _training_section(page: Page, histories: dict[str, Any]) -> None:
