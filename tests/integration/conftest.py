@@ -36,3 +36,4 @@ def trained_tiny_run(ray_session, tmp_path_factory):
     run_pipeline(load_config(None, [*TINY_OVERRIDES, f"run_dir={root}"]),
                  stages=["warmup", "extract", "stratify", "experts", "evaluate"])
     return root
+

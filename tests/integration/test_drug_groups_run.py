@@ -4,15 +4,12 @@ then predict, explain and the report reading the groups back from the run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from demo_cli import run_demo
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_with_atc_drug_groups(tmp_path, capsys):
@@ -23,13 +20,7 @@ def test_demo_runs_with_atc_drug_groups(tmp_path, capsys):
     from trixmed.data.dataset import Dataset
 
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "trixmed.cli", "run", "--config", str(REPO / "configs" / "demo_cpu.yaml"), f"run_dir={run_dir}",
-         "warmup.epochs=1", "experts.epochs=1", "eval.bootstrap_rounds=3", "model.drug_groups.by=atc", "model.drug_groups.count=4"],
-        capture_output=True, text=True, timeout=550, env=env, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_demo(run_dir, "model.drug_groups.by=atc", "model.drug_groups.count=4")
     codes = Dataset(run_dir / "dataset").vocab.med
     expected = atc_groups(codes, 4)
     sizes = ", ".join(str((expected == g).sum()) for g in range(4))

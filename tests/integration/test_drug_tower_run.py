@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from demo_cli import run_demo
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_with_the_drug_tower_and_says_it_reads_titles_only(tmp_path, capsys):
@@ -20,13 +17,7 @@ def test_demo_runs_with_the_drug_tower_and_says_it_reads_titles_only(tmp_path, c
     from trixmed.cli import main
 
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "trixmed.cli", "run", "--config", str(REPO / "configs" / "demo_cpu.yaml"), f"run_dir={run_dir}",
-         "warmup.epochs=1", "experts.epochs=1", "eval.bootstrap_rounds=3", "model.head=drug_tower", "model.margin_weight=0.05"],
-        capture_output=True, text=True, timeout=550, env=env, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_demo(run_dir, "model.head=drug_tower", "model.margin_weight=0.05")
     # the demo's raw MIMIC tables list no molecules
     assert "[warmup] drug tower: molecules for 0 of 106 drugs: the drug tower reads titles only" in proc.stdout.splitlines()
     weights = load_file(str(run_dir / "experts" / "model" / "model.safetensors"))

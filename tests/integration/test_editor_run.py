@@ -4,12 +4,11 @@ its artefacts, its skip on a second run, and `explain` showing the edits."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from demo_cli import demo_args, run_demo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,12 +33,8 @@ def test_demo_runs_the_editor_and_explain_shows_its_edits(tmp_path, capsys):
     from trixmed.cli import main
 
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    args = ["--config", str(REPO / "configs" / "demo_cpu.yaml"), f"run_dir={run_dir}", "warmup.epochs=1", "experts.epochs=1",
-            "eval.bootstrap_rounds=3", "editor.enabled=true", "editor.sft_epochs=2", "editor.grpo_epochs=2", "editor.group_size=4"]
-    proc = subprocess.run([sys.executable, "-m", "trixmed.cli", "run", *args], capture_output=True, text=True, timeout=800,
-                          env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    editor_keys = ("editor.enabled=true", "editor.sft_epochs=2", "editor.grpo_epochs=2", "editor.group_size=4")
+    proc = run_demo(run_dir, *editor_keys, timeout=800)
     lines = proc.stdout.splitlines()
     assert f"[edit] running → {run_dir / 'editor'}" in lines
     assert any(line.startswith("[edit] editor on ") and "2 SFT + 2 GRPO epochs" in line for line in lines)
@@ -64,7 +59,7 @@ def test_demo_runs_the_editor_and_explain_shows_its_edits(tmp_path, capsys):
     assert "edit" in state and state["edit"]["summary"]["edits_per_patient"] == round(block["edits_per_patient"], 4)
 
     # the same config again: the stage is current and skipped
-    assert main(["edit", *args]) == 0
+    assert main(["edit", *demo_args(run_dir, *editor_keys)]) == 0
     assert f"[edit] up to date, skipped ({editor})" in capsys.readouterr().out
 
     patient = tmp_path / "patient.json"

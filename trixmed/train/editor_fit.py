@@ -146,6 +146,16 @@ def fit_editor(train: EditorData, val: EditorData, ddi: np.ndarray, cfg: EditorC
     history: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Tensor] | None, dict[str, Any]] = (float("-inf"), None, {})
 
+    def update(loss: Tensor, losses: list[float], postfix: dict[str, Any]) -> None:
+        nonlocal position
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        position += 1
+        if progress:
+            progress(position, total, postfix)
+
     def record(phase: str, epoch: int, loss: float) -> None:
         nonlocal best
         sets, adds, removes = edit_greedy(policy, val, cfg.max_edits)
@@ -164,13 +174,7 @@ def fit_editor(train: EditorData, val: EditorData, ddi: np.ndarray, cfg: EditorC
             goal = sft_goal[idx]
             # masked actions have log-probability −inf and target 0: leave them out, not 0·(−inf)
             loss = -torch.where(goal > 0, goal * logp, torch.zeros_like(logp)).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            position += 1
-            if progress:
-                progress(position, total, {"phase": "sft", "loss": round(loss.item(), 4)})
+            update(loss, losses, {"phase": "sft", "loss": round(loss.item(), 4)})
         record("sft", epoch, float(np.mean(losses)) if losses else 0.0)
 
     group = cfg.group_size
@@ -192,13 +196,7 @@ def fit_editor(train: EditorData, val: EditorData, ddi: np.ndarray, cfg: EditorC
                 ratio = (logp.gather(1, actions[:, None]).squeeze(1) - old_logp).exp()
                 clipped = ratio.clamp(1 - cfg.clip, 1 + cfg.clip)
                 loss = -torch.minimum(ratio * advantage, clipped * advantage).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                position += 1
-                if progress:
-                    progress(position, total, {"phase": "grpo", "reward": round(float(phis[-1].mean()), 4)})
+                update(loss, losses, {"phase": "grpo", "reward": round(float(phis[-1].mean()), 4)})
         record("grpo", epoch, float(np.mean(losses)) if losses else 0.0)
 
     policy.load_state_dict(best[1])
