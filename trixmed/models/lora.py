@@ -40,6 +40,11 @@ class LoRALinear(nn.Module):
         self.rank_mask: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.rank_mask is None:
+            # the expression this layer had before drug groups, kept whole: a run without groups
+            # reproduces earlier runs bit for bit (naming the intermediate moved MIMIC-III's warm-up
+            # losses by 1e-7 from its fourth step under DeepSpeed, and test Jaccard by 0.0016)
+            return self.base_layer(x) + (self.lora_dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
         h = self.lora_dropout(x) @ self.lora_A.t()
         return self.base_layer(x) + (mask_rank(h, self.rank_mask) @ self.lora_B.t()) * self.scaling
 

@@ -66,11 +66,14 @@ def build_phase_model(cfg: Config, ds: Dataset, phase: str, rd: RunDir) -> torch
 
     drugs = ds.drugs if cfg.model.head == "drug_tower" else None
     if phase == "warmup":
-        from trixmed.cluster.drug_groups import dataset_drug_groups
+        groups = None
+        if cfg.model.drug_groups.by != "none":
+            from trixmed.cluster.drug_groups import dataset_drug_groups
 
-        # computed on every rank from the same files by a seeded, deterministic procedure: the
-        # ranks agree, and the warm-up saves the result with the model for every later stage
-        return build_model(cfg, ds.vocab, phase="warmup", drugs=drugs, drug_groups=dataset_drug_groups(cfg, ds))
+            # computed on every rank from the same files by a seeded, deterministic procedure: the
+            # ranks agree, and the warm-up saves the result with the model for every later stage
+            groups = dataset_drug_groups(cfg, ds)
+        return build_model(cfg, ds.vocab, phase="warmup", drugs=drugs, drug_groups=groups)
     k = ClusterTransform.load(rd.clusters).num_clusters
     model = build_model(cfg, ds.vocab, phase="experts", num_clusters=k, drugs=drugs)
     warm = load_model(rd.model("warmup"), cfg, ds.vocab)
