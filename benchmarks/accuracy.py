@@ -120,11 +120,19 @@ NOTES = [
     "(0.547 with embeddings and 10 epochs); adding every earlier visit's medications and diagnoses "
     "(hist_med, hist_diag) 0.543; weight decay 0.05 in both phases 0.547. Earlier sessions (configs/mimic3_codes.yaml "
     "comments): dropout/weight decay/LoRA rank 16, other learning rates and batch sizes, d_model 256 — within noise.", "",
+    "## Tried since, on validation (mimic3_safedrug131)", "",
+    "- the related systems on TRIXMED's encoder (rows above, accuracy_nla.md, accuracy_related.md): NLA-MMR's drug tower "
+    "val 0.5428, FLAME's editor 0.5464, LAMO's drug groups 0.5465 (ATC) / 0.5458 (co-prescription), against TRIXMED's 0.5474: none kept;",
+    "- K × top-n re-swept (`trixmed tune tune_spaces/paper_grid.yaml`): best K = 8, top-1, val 0.5473, no better than the config's top-2;",
+    "- per-drug thresholds (ladder.md, fitted and scored on different halves of validation): +0.0001, −0.0002, +0.0022 "
+    "over one global threshold on three seeds: not kept;",
+    "- a seed ensemble (ladder.md, mean probability of seeds 42, 43, 44): val 0.5528 against 0.5473, the one rung that helps; "
+    "test 0.5505 ± 0.0047 (`python benchmarks/ladder.py`).",
+    "",
     "## What we would try next", "",
-    "- per-drug decision thresholds chosen on validation (one global threshold today);",
+    "- more seeds in the ensemble, and an ensemble as a product option (predict and explain read one model today);",
     "- a set-aware decoder (medication co-occurrence, as COGNet/MoleRec model it) instead of independent sigmoids;",
-    "- ensembling the experts model over seeds, and the hf backbone (LLaMA) on a GPU, which the paper's numbers assume;",
-    "- K and top-n from the sweeps on the improved model (benchmarks/tune.py; the paper grid's best was K = 8, top-4 before).",
+    "- the hf backbone (LLaMA) on a GPU, which the paper's numbers assume.",
     "",
 ]
 PUBLISHED = [  # mimic3_safedrug131, SafeDrug split; from the issue (FastRx README table, SafeDrug README)
