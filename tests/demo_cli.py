@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,3 +27,18 @@ def run_demo(run_dir: Path, *overrides: str, timeout: int = 550) -> subprocess.C
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def check_new_patient(run_dir: Path, tmp_path: Path, capsys, n_drugs: int) -> None:
+    """A new patient through a trained run: `predict` ranks every drug, `explain` recommends."""
+    from trixmed.cli import main
+
+    patient = tmp_path / "patient.json"
+    patient.write_text(json.dumps({"visits": [{"diag": ["4019", "42731"], "proc": [], "med": ["A02B"]},
+                                              {"diag": ["4280"], "proc": []}]}))
+    capsys.readouterr()
+    assert main(["predict", "--input", str(patient), "--top", "0", f"run_dir={run_dir}"]) == 0
+    probs = [m["probability"] for m in json.loads(capsys.readouterr().out)["medications"]]
+    assert len(probs) == n_drugs and probs == sorted(probs, reverse=True)
+    assert main(["explain", "--patient", str(patient), "--run", str(run_dir)]) == 0
+    assert "Recommended medications" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from demo_cli import run_demo
+from demo_cli import check_new_patient, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -14,7 +14,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def test_demo_runs_with_the_drug_tower_and_says_it_reads_titles_only(tmp_path, capsys):
     from safetensors.numpy import load_file
 
-    from trixmed.cli import main
 
     run_dir = tmp_path / "run"
     proc = run_demo(run_dir, "model.head=drug_tower", "model.margin_weight=0.05")
@@ -24,12 +23,5 @@ def test_demo_runs_with_the_drug_tower_and_says_it_reads_titles_only(tmp_path, c
     assert weights["head.drug.2.weight"].shape == (256, 256) and weights["head.missing"].tolist() == [1.0] * 106
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert 0 < metrics["metrics"]["jaccard"]["mean"] <= 1
-    # a new patient through the saved tower: predict and explain read it back from the run
-    patient = tmp_path / "patient.json"
-    patient.write_text(json.dumps({"visits": [{"diag": ["4019", "42731"], "proc": [], "med": ["A02B"]},
-                                              {"diag": ["4280"], "proc": []}]}))
-    assert main(["predict", "--input", str(patient), "--top", "0", f"run_dir={run_dir}"]) == 0
-    probs = [m["probability"] for m in json.loads(capsys.readouterr().out)["medications"]]
-    assert len(probs) == 106 and probs == sorted(probs, reverse=True)
-    assert main(["explain", "--patient", str(patient), "--run", str(run_dir)]) == 0
-    assert "Recommended medications" in capsys.readouterr().out
+    # a new patient through the saved model: predict and explain read it back from the run
+    check_new_patient(run_dir, tmp_path, capsys, 106)
