@@ -23,6 +23,11 @@ mimic3_safedrug131 and mimic4_raremed122 in a run directory of its own; its Jacc
 the editor's α (jobs `…__editor-alpha<α>`, only the edit stage re-runs) is a table beside the same
 run's decoder curve (`--only FLAME editor-alpha` runs just those).
 
+`--merge RUN.json …` runs no job: it folds the rows of later `--only` invocations (their
+`_run.json` records, e.g. accuracy_related_run.json) into the output's record and rewrites its
+files. A merged row replaces the row of the same dataset, protocol, model and average; the
+tables say which invocation each model's rows came from.
+
 `--smoke` runs the same jobs on the bundled demo (one epoch a phase) in a temp work directory.
 """
 
@@ -401,6 +406,32 @@ def _fmt(m: dict, key: str) -> str:
     return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
 
 
+def merge(report: dict, later: dict, name: str) -> dict:
+    """`report` with the rows of a later invocation (`later`, read from `name`): a row of the same
+    dataset, protocol, model and average is replaced, a new one appended. Its editor report and its
+    headline safety curve, where it has them, replace the earlier ones (they belong to its rows)."""
+    def key(row: dict) -> tuple[str, str, str, str]:
+        return row["dataset"], row["protocol"], row["model"], row["average"]
+
+    newer = {key(r): r for r in later["rows"]}
+    rows = [newer.pop(key(r), r) for r in report["rows"]] + list(newer.values())
+    editor = {e["dataset"]: e for e in report.get("editor", [])} | {e["dataset"]: e for e in later.get("editor", [])}
+    merged = [m for m in report.get("merged", []) if m["file"] != name]
+    merged.append({"file": name, "only": later["only"], "total_wall_s": later["total_wall_s"],
+                   "models": sorted({r["model"] for r in later["rows"]})})
+    return {**report, "rows": rows, "editor": list(editor.values()), "merged": merged,
+            "safety": later.get("safety") or report.get("safety")}
+
+
+def _merged_markdown(report: dict) -> list[str]:
+    if not report.get("merged"):
+        return []
+    lines = ["Rows from later invocations, merged with `--merge` (each replaces the earlier row of its model):", ""]
+    lines += [f"- {', '.join(m['models'])}: `python benchmarks/accuracy.py --only {' '.join(repr(o) for o in m['only'])}` "
+              f"({m['file']}, {m['total_wall_s'] / 60:.1f} min of jobs)" for m in report["merged"]]
+    return [*lines, ""]
+
+
 def markdown(report: dict, png: str | None) -> str:
     lines = ["# Accuracy on the MIMIC benchmarks", "",
              f"`python benchmarks/accuracy.py` — {report['machine']['cpus']} CPUs; the jobs' wall times add up to "
@@ -408,6 +439,7 @@ def markdown(report: dict, png: str | None) -> str:
              "training from the run directory's checkpoints, so a first run takes longer). "
              "Test: bootstrap of 10 × 80 % of test patients, mean ± std; every choice (epoch, threshold, α) on validation. "
              "Per-visit averages unless marked *patient* (SafeDrug's per-patient mean).", ""]
+    lines += _merged_markdown(report)
     by_case: dict[tuple[str, str], list[dict]] = {}
     for row in report["rows"]:
         by_case.setdefault((row["dataset"], row["protocol"]), []).append(row)
@@ -535,8 +567,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only the jobs whose name (dataset__protocol__model) one of these regular expressions "
                              "matches somewhere, e.g. NLA-MMR or 'safedrug131__safedrug__TRIXMED$'")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RUN_JSON",
+                        help="run no job: fold these later invocations' _run.json records into the output's record "
+                             "and rewrite its files")
     add_output_args(parser, "accuracy.json")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_into(output_path(args), args.merge)
     work = args.work_dir or (Path(tempfile.mkdtemp(prefix="trixmed-accuracy-smoke-")) if args.smoke
                              else Path(tempfile.gettempdir()) / "trixmed_accuracy")
     bench = Bench(work, args.smoke)
@@ -567,21 +604,40 @@ def main(argv: list[str] | None = None) -> int:
         "editor": editor_report(jobs, results),
     }
     head = results.get(headline.name)
-    png = None
-    out = output_path(args)
     if head and head.get("safety_curve"):
         curve = head["safety_curve"]
         report["safety"] = {"alpha": head["ddi_alpha"], "val": curve["val"], "test": curve["test"]}
+    write_report_files(output_path(args), report)
+    return 0
+
+
+def merge_into(out: Path, later: list[Path]) -> int:
+    """`--merge`: the output's record with the rows of the later invocations, its files rewritten."""
+    record = out.with_name(out.stem + "_run.json")
+    if not record.is_file():
+        raise SystemExit(f"benchmarks/accuracy.py: --merge: {record} not found (run the jobs first)")
+    report = read_json(record)
+    for path in later:
+        report = merge(report, read_json(path), path.name)
+    write_report_files(out, report)
+    return 0
+
+
+def write_report_files(out: Path, report: dict) -> None:
+    """accuracy.json (the rows), accuracy_run.json (with timings, attempts, the safety curve),
+    accuracy.md and the safety plot."""
+    png = None
+    if report.get("safety"):
         png_path = out.with_name(out.stem + "_safety.png")
         plot_safety(report["safety"], png_path)
         png = png_path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report["rows"])
-    write_json(out.with_name(out.stem + "_run.json"), report)   # timings, attempts, the safety curve
-    out.with_suffix(".md").write_text(markdown(report, png), encoding="utf-8")
+    write_json(out.with_name(out.stem + "_run.json"), report)
+    with atomic_file(out.with_suffix(".md")) as fh:
+        fh.write(markdown(report, png))
     print(json.dumps({"rows": len(report["rows"]), "total_wall_s": report["total_wall_s"]}, indent=2))
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -156,8 +156,9 @@ trap 'on_signal INT' INT
 # `trixmed plan --slurm` reads the allocation itself (nodes, CPUs, memory, GPUs and their memory)
 # and parses this job's own trixmed command line with trixmed's parser; it writes what the job
 # needs from it to the job file: the overrides it derives from the allocation (with GPUs, one
-# training worker per GPU; an override given on the command line wins) and whether the command
-# asked for the dashboard. Nothing here parses trixmed's arguments.
+# training worker per GPU; an override given on the command line wins), whether the command
+# asked for the dashboard, and trixmed's Ray settings, exported here so that the Ray nodes start
+# with them (the driver then leaves Ray's runtime env empty). Nothing here parses trixmed's arguments.
 job_file=$TRIXMED_LOG_DIR/plan.job
 if ! in_container "$TRIXMED" plan --slurm --job-file "$job_file" --job "$command" "$@"; then
   tlog "trixmed plan refused this job's shape: not starting Ray"
@@ -169,6 +170,8 @@ while read -r kind value; do
   case $kind in
     override) extra+=("$value") ;;
     dashboard) export TRIXMED_RAY_DASHBOARD=true ;;
+    # trixmed's Ray settings, in the environment the Ray nodes and the driver inherit
+    env) [[ $value =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] && export "${value?}" ;;
   esac
 done < "$job_file"
 mark plan_done

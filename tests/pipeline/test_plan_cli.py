@@ -62,6 +62,10 @@ def test_stage_without_its_inputs_is_exit_2(capsys, tmp_path):
 # `trixmed plan --nodes N --gpus-per-node G`: the shape a SLURM job checks before starting Ray
 
 LLAMA = str(CONFIGS / "llama3_8b_moelora.yaml")
+# the environment a job's Ray nodes start with: Ray Train's 0.2 s poll, no preemption watcher (the
+# job's signals stop trixmed), and the mark that tells the driver to leave the runtime env empty
+RAY_NODE_ENV = ("env RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2\nenv RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0\n"
+                "env TRIXMED_RAY_NODES_HAVE_ENV=1\n")
 
 
 def plan(capsys, *args: str) -> tuple[int, str, str]:
@@ -257,7 +261,7 @@ def test_plan_reads_the_slurm_allocation_and_writes_the_jobs_overrides(capsys, m
             "705.2 GiB usable (70% of 1007.5 GiB; Ray's object store holds the rest)") in lines
     assert lines[-1] == "derived overrides: distributed.use_gpu=true plan.gpus_per_node=8 distributed.num_workers=16"
     assert job_file.read_text() == ("override distributed.use_gpu=true\noverride plan.gpus_per_node=8\n"
-                                    "override distributed.num_workers=16\ndashboard\n")
+                                    "override distributed.num_workers=16\ndashboard\n" + RAY_NODE_ENV)
 
 
 def test_plan_of_a_tune_job_on_fake_gpus_trains_on_cpu(capsys, monkeypatch, tmp_path):
@@ -276,7 +280,7 @@ def test_plan_of_a_tune_job_on_fake_gpus_trains_on_cpu(capsys, monkeypatch, tmp_
                         "tune: 2 trial(s) at a time, each with this world size (4 workers in all)")
     assert "  training 2 × (1 GPU + 0.5 CPU) = 2 GPU + 1 CPU of 2 CPUs" in lines
     assert lines[-1] == "derived overrides: distributed.use_gpu=false"
-    assert job_file.read_text() == "override distributed.use_gpu=false\n"
+    assert job_file.read_text() == "override distributed.use_gpu=false\n" + RAY_NODE_ENV
 
 
 def test_plan_slurm_outside_a_job_and_a_bad_job_line_are_one_line(capsys, monkeypatch):

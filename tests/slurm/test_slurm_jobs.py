@@ -123,6 +123,10 @@ def test_train_sbatch_spans_both_nodes_and_completes_with_metrics(pair):
     assert [json.loads((logs / f"ray-node-node{i}.json").read_text())["ip"] for i in (1, 2)] == NODE_IPS
     placement = json.loads((logs / "placement.json").read_text())
     assert placement["train_worker_ips"] == NODE_IPS
+    # the nodes started with trixmed's Ray settings (the plan's `env` lines): no preemption watcher
+    # (the job's signals stop trixmed) and, without --dashboard, no Train state actor
+    assert "RayTrainWorker" in placement["actors"]
+    assert not {"PreemptionWatcher", "TrainStateActor"} & set(placement["actors"])
     # Ray's own logs of each node were kept before the node-local temp dir went away
     for node in ("node1", "node2"):
         assert (logs / "ray" / node / "raylet.out").is_file()
@@ -381,7 +385,9 @@ def test_readme_flagship_command_on_fake_gpus_plans_and_trains_one_worker_per_gp
     # every Ray node was started with its own step's GPUs (CUDA_VISIBLE_DEVICES of the srun step)
     assert [json.loads((logs / f"ray-node-node{i}.json").read_text())["gpus"] for i in (1, 2)] == [GPUS, GPUS]
     assert [n["gpus"] for n in json.loads((logs / "nodes.json").read_text())["nodes"]] == [GPUS, GPUS]
-    assert json.loads((logs / "placement.json").read_text())["train_worker_ips"] == NODE_IPS
+    placement = json.loads((logs / "placement.json").read_text())
+    assert placement["train_worker_ips"] == NODE_IPS
+    assert "TrainStateActor" in placement["actors"]   # --dashboard: the Train view has its runs
     assert json.loads((run_dir / "experts" / "history.json").read_text())["world_size"] == 4
     # the plan, both Ray nodes and the driver ran in the container
     calls = (tmp_path / "container-calls").read_text().splitlines()

@@ -11,7 +11,8 @@ Inside a SLURM job, `--slurm --job run|tune ARGS…` is what slurm/job.sh and la
 starting Ray: the allocation is read from the job itself (allocation.py), ARGS is the job's own
 trixmed command line, parsed by trixmed's parser (the one place it is parsed), and `--job-file`
 receives what the job needs from it: the overrides derived from the allocation (one worker per
-GPU …; an override on the command line wins) and whether the command asked for the dashboard.
+GPU …; an override on the command line wins), whether the command asked for the dashboard, and
+the environment its Ray nodes start with (train/ray_session.py: ray_node_env).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the allocation from the SLURM job this runs in: nodes, CPUs, memory and GPUs per node, "
                              "each GPU's memory from nvidia-smi")
     parser.add_argument("--job-file", type=Path, metavar="FILE",
-                        help="write what the job needs: one `override KEY=VALUE` line per derived override, and a "
-                             "`dashboard` line when the command asks for the dashboard")
+                        help="write what the job needs: one `override KEY=VALUE` line per derived override, a "
+                             "`dashboard` line when the command asks for the dashboard, and one `env NAME=VALUE` line "
+                             "per variable the job's Ray nodes and driver start with")
     parser.add_argument("--job", nargs=argparse.REMAINDER, metavar="run|tune ARGS",
                         help="the job's trixmed command line (the rest of the line): plan it as that command runs")
 
@@ -85,8 +87,13 @@ def main(args: argparse.Namespace) -> int:
     print(format_shape(plan, name))
     print("derived overrides: " + (" ".join(derived) or "none"))
     if args.job_file:
+        from trixmed.io import atomic_file
+        from trixmed.train.ray_session import ray_node_env
+
         lines = [f"override {kv}" for kv in derived] + (["dashboard"] if getattr(job, "dashboard", False) else [])
-        args.job_file.write_text("".join(line + "\n" for line in lines))
+        lines += [f"env {k}={v}" for k, v in ray_node_env().items()]
+        with atomic_file(args.job_file) as fh:
+            fh.write("".join(line + "\n" for line in lines))
     return 0
 
 

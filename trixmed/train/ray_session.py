@@ -6,7 +6,8 @@ workers' output is not forwarded to the driver (trainers write it to `<run_dir>/
 and `<run_dir>/logs/ray-session` points at Ray's own session logs. Train state tracking is on
 wherever a dashboard can show it (`--dashboard`, or a cluster joined by address), so the
 dashboard's Train view lists the runs; a local run without a dashboard skips its state actor
-(~0.4 GB on these machines).
+(~0.4 GB on these machines). A SLURM job's nodes get trixmed's Ray settings from the job's
+environment (`ray_node_env`), and its state tracking only with `--dashboard`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ _TRAIN_STATE = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
 # actor call per worker; 0.2 s costs nothing measurable (benchmarks/pipeline.py). A value in the
 # environment wins.
 _TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
+# Ray Train starts a preemption watcher actor per worker group, which polls Ray for nodes being
+# drained (a cloud autoscaler's preemption). trixmed's preemption comes from SLURM's signals and
+# its own stop request (slurm/job.sh), so the watcher is one more process to start before the
+# first step: ~1.5 s of a 2-core node's CPU per training phase. A value in the environment wins.
+_NO_WATCHER = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")}
+_TRAIN_ENV = {**_TRAIN_POLL, **_NO_WATCHER}
+# Set (to 1) in the environment of a driver whose Ray nodes were started with trixmed's settings
+# already in their environment: slurm/job.sh exports what `trixmed plan --slurm` says before it
+# starts them (`ray_node_env`). The job's runtime env then stays empty, so Ray's prestarted idle
+# workers can serve its actors; any env_vars there would start a fresh process for every actor.
+NODES_HAVE_ENV = "TRIXMED_RAY_NODES_HAVE_ENV"
 RAY_LOG = "ray.log"
 
 
@@ -66,14 +78,15 @@ def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     logs = RunDir(cfg.run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
     address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
-    # A local Ray's processes inherit this process's environment; a cluster's get it through the
-    # job's runtime env. Locally the runtime env stays empty where it can: Ray's prestarted idle
-    # workers serve only the default one, and each actor would otherwise start a process.
-    os.environ.update(_TRAIN_POLL)
-    env_vars = dict(_TRAIN_POLL) if address else {}
-    if dashboard or address:
+    # A local Ray's processes inherit this process's environment, and so do a SLURM job's nodes
+    # (NODES_HAVE_ENV); another cluster's get it through the job's runtime env. The runtime env
+    # stays empty where it can: Ray's prestarted idle workers serve only the default one, and each
+    # actor would otherwise start a process.
+    via_runtime_env = bool(address) and os.environ.get(NODES_HAVE_ENV) != "1"
+    os.environ.update(_TRAIN_ENV)
+    if dashboard or via_runtime_env:
         os.environ.update(_TRAIN_STATE)
-        env_vars.update(_TRAIN_STATE)
+    env_vars = {k: os.environ[k] for k in (*_TRAIN_ENV, *_TRAIN_STATE)} if via_runtime_env else {}
     common = dict(log_to_driver=verbose, configure_logging=verbose, runtime_env={"env_vars": env_vars})
     # Without configure_logging, ray.init empties the "ray" logger, and what it logs while starting
     # (the token-auth notice) falls through to Python's last-resort handler on sys.stderr: catch it
@@ -107,6 +120,12 @@ def quiet_data_context() -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
         ray.data.DataContext.get_current()
+
+
+def ray_node_env() -> dict[str, str]:
+    """What the Ray nodes of a trixmed SLURM job are started with (slurm/job.sh exports it before
+    `ray start`; the dashboard's state tracking it sets itself), and the mark that they were."""
+    return {**_TRAIN_ENV, NODES_HAVE_ENV: "1"}
 
 
 def dashboard_url() -> str | None:
