@@ -14,7 +14,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def test_demo_runs_with_the_drug_tower_and_says_it_reads_titles_only(tmp_path, capsys):
     from safetensors.numpy import load_file
 
-
     run_dir = tmp_path / "run"
     proc = run_demo(run_dir, "model.head=drug_tower", "model.margin_weight=0.05")
     # the demo's raw MIMIC tables list no molecules

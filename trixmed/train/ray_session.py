@@ -39,8 +39,7 @@ _NO_WATCHER = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_
 _TRAIN_ENV = {**_TRAIN_POLL, **_NO_WATCHER}
 # Set (to 1) in the environment of a driver whose Ray nodes were started with trixmed's settings
 # already in their environment: slurm/job.sh exports what `trixmed plan --slurm` says before it
-# starts them (`ray_node_env`). The job's runtime env then stays empty, so Ray's prestarted idle
-# workers can serve its actors; any env_vars there would start a fresh process for every actor.
+# starts them (`ray_node_env`). The job's runtime env then stays empty, as a local Ray's does.
 NODES_HAVE_ENV = "TRIXMED_RAY_NODES_HAVE_ENV"
 RAY_LOG = "ray.log"
 
@@ -80,8 +79,7 @@ def ensure_ray(cfg: Config, *, dashboard: bool = False) -> None:
     address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
     # A local Ray's processes inherit this process's environment, and so do a SLURM job's nodes
     # (NODES_HAVE_ENV); another cluster's get it through the job's runtime env. The runtime env
-    # stays empty where it can: Ray's prestarted idle workers serve only the default one, and each
-    # actor would otherwise start a process.
+    # stays empty where it can: Ray's prestarted idle workers serve only the default one.
     via_runtime_env = bool(address) and os.environ.get(NODES_HAVE_ENV) != "1"
     os.environ.update(_TRAIN_ENV)
     if dashboard or via_runtime_env:
