@@ -246,6 +246,30 @@ def test_float32_screen_gives_the_float64_labels_even_at_near_ties():
     rows = Rows.of(np.hstack([z, np.ones((len(z), 1))]))
     reference = (rows.x @ Centres(centres).aug.T).argmin(1)
     np.testing.assert_array_equal(nearest(rows, Centres(centres)), reference)
+    # an exact tie (a centroid twice) goes to the lower index, as argmin has it
+    doubled = np.vstack([centres[:3], centres[1:2], centres[3:]])
+    labels = nearest(rows, Centres(doubled))
+    np.testing.assert_array_equal(labels, (rows.x @ Centres(doubled).aug.T).argmin(1))
+    assert (labels == 1).any() and not (labels == 3).any()
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streaming"])
+def test_a_follow_on_lloyd_step_sums_what_a_fresh_step_sums(tmp_path, in_memory):
+    from trixmed.cluster.distributed import ShardWorker
+
+    x, _ = blobs(3000, 5, 4, spread=1.0)
+    path = write_shards(tmp_path, x)[0]
+    worker = ShardWorker([(0, str(path))], 5, "train", in_memory, block_rows=256)
+    worker.load()
+    worker.set_projection(np.zeros(5), np.eye(5), np.zeros(5), np.ones(5))
+    rng = np.random.default_rng(1)
+    first, second = x[rng.choice(len(x), 4)], x[rng.choice(len(x), 4)]
+    before = worker.lloyd_partials(first, False)
+    follow_on = worker.lloyd_partials(second, True)
+    fresh = worker.lloyd_partials(second, False)
+    assert (before[:, -1] != fresh[:, -1]).any()   # rows did change clusters
+    np.testing.assert_array_equal(follow_on[:, -1], fresh[:, -1])
+    np.testing.assert_allclose(follow_on, fresh, rtol=1e-12, atol=1e-9)
 
 
 def test_variable_size_list_features_work_and_a_short_row_is_named(tmp_path):

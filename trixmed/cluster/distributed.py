@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from trixmed.cluster.lloyd import (Centres, LloydResult, Rows, bytes_per_row, combine_moments, nearest, nearest_sq,
-                                   pca_from_moments, sq_distances)
+from trixmed.cluster.lloyd import (Centres, LloydResult, Rows, bytes_per_row, cluster_sums, combine_moments,
+                                   label_dtype, moved_sums, nearest, nearest_sq, pca_from_moments, sq_distances)
 from trixmed.cluster.shards import COLUMNS, check_schemas, features_block
 from trixmed.cluster.stratify import ClusterTransform
 from trixmed.config import StratifyConfig
@@ -74,6 +74,9 @@ class ShardWorker:
         self.in_memory, self.block_rows = in_memory, block_rows
         self._cache: dict[int, list[Any]] | None = None   # shard position → raw blocks, then Rows
         self._projection: tuple[np.ndarray, ...] | None = None
+        # the last Lloyd step's cluster of every row, block by block, and its per-cluster sums
+        self._labels: list[np.ndarray] | None = None
+        self._sums = np.zeros(0)
 
     # -- passes over the data ------------------------------------------------------------------
 
@@ -150,6 +153,7 @@ class ShardWorker:
                        scale_std: np.ndarray) -> None:
         """From now on blocks are z-scored projections; cached raw rows are replaced by them."""
         self._projection = (pca_mean, components, scale_mean, scale_std)
+        self._labels = None
         if self._cache is not None:
             for blocks in self._cache.values():
                 blocks[:] = [self._project(b) for b in blocks]
@@ -196,18 +200,24 @@ class ShardWorker:
                 out[r] = last
         return out
 
-    def lloyd_partials(self, centroids: np.ndarray) -> np.ndarray:
-        """[K, k+1]: per-cluster sums of the rows nearest each centroid, their count in the last column."""
-        from scipy.sparse import csc_array
-
+    def lloyd_partials(self, centroids: np.ndarray, follow_on: bool) -> np.ndarray:
+        """[K, k+1]: per-cluster sums of the rows nearest each centroid, their count in the last
+        column. A follow-on step (the next iteration of the same Lloyd run) updates this worker's
+        previous sums by the rows whose cluster changed (lloyd.py says why)."""
         centres = Centres(centroids)
         k = len(centroids)
-        parts = np.zeros(centres.aug.shape)
-        for _, rows in self._blocks():
-            n = len(rows)
-            onehot = csc_array((np.ones(n), nearest(rows, centres), np.arange(n + 1)), shape=(k, n))
-            parts += onehot @ rows.x
-        return parts
+        fresh = not follow_on or self._labels is None
+        if fresh:
+            self._sums, self._labels = np.zeros(centres.aug.shape), []
+        for b, (_, rows) in enumerate(self._blocks()):
+            labels = nearest(rows, centres).astype(label_dtype(k))
+            if fresh:
+                self._sums += cluster_sums(rows, labels, k)
+                self._labels.append(labels)
+            else:
+                self._sums += moved_sums(rows, labels, self._labels[b], k)
+                self._labels[b] = labels
+        return self._sums.copy()
 
     def farthest(self, centroids: np.ndarray, m: int) -> list[tuple[float, int, int, int, np.ndarray]]:
         """This worker's m rows farthest from their nearest centroid:
@@ -405,9 +415,9 @@ class ShardPool:
         centroids = np.array(init, dtype=np.float64)
         tol_abs = tol * self.mean_variance
         shifts, seconds, converged = [], [], False
-        for _ in range(max_iter):
+        for i in range(max_iter):
             t0 = time.perf_counter()
-            parts = np.sum(self._all("lloyd_partials", centroids), axis=0)
+            parts = np.sum(self._all("lloyd_partials", centroids, i > 0), axis=0)
             sums, counts = parts[:, :-1], parts[:, -1]
             empty = np.flatnonzero(counts == 0)
             if empty.size:
