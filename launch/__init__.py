@@ -11,7 +11,7 @@ Ray head + srun workers, trixmed, shutdown), and the resources default to the `#
 slurm/train.sbatch or slurm/tune.sbatch, so a change to a template changes both ways of submitting.
 Preemption goes through submitit's own mechanism instead of job.sh's: submitit signals the job
 (USR2, `signal_delay_s` before the limit), `TrixmedJob.checkpoint` stops job.sh as on its own
-signal (USR1 with TRIXMED_REQUEUE=0: trixmed checkpoints its next step, Ray steps ended, no
+signal (USR1 with TRIXMED_REQUEUE=0: trixmed checkpoints a step within two, Ray steps ended, no
 `scontrol requeue` of its own), waits for it, and hands submitit the same call to requeue; the
 next attempt resumes from that step. job.sh's grace is sized so that its worst-case stop ends
 inside the signal's window; a job that saves no work for `max_stalled_attempts` attempts in a row
@@ -124,7 +124,7 @@ class TrixmedJob:
         return RuntimeError(f"trixmed {self.command} exited with status {rc}" + (f"; job.log ends:\n{tail}" if tail else ""))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """submitit's preemption hook: stop job.sh (trixmed checkpoints its next step, Ray ends) and
+        """submitit's preemption hook: stop job.sh (trixmed checkpoints a step within two, Ray ends) and
         give submitit this same call to requeue, unless job.sh says the job cannot progress.
 
         submitit calls it from its signal handler, in the thread that `__call__` has blocked in

@@ -10,7 +10,7 @@
 #
 # Signals. SIGUSR1 (`#SBATCH --signal=B:USR1@T`: the time is nearly up) and SIGTERM (a preemption,
 # `scancel --batch`) stop the job without losing its work, and requeue it (`scontrol requeue`):
-# `trixmed run` gets the run directory's stop request, stops at its next optimizer step with a
+# `trixmed run` gets the run directory's stop request, stops within two optimizer steps with a
 # checkpoint of that step and exits with status 75; after TRIXMED_STOP_GRACE seconds it is
 # interrupted instead (INT, then TERM, KILL: it resumes from its last checkpoint). `trixmed tune`
 # is interrupted at once (a requeued sweep restores its experiment). Ray is stopped, and the next
@@ -102,7 +102,7 @@ stop_file=$(in_container "$TRIXMED_PYTHON" "$here/attempt.py" start "$TRIXMED_LO
 [ "$command" = run ] || stop_file=""
 
 trixmed_pid=""
-# stop_trixmed: the stop request first (trixmed checkpoints its next step and exits), else SIGINT
+# stop_trixmed: the stop request first (trixmed checkpoints a step within two and exits), else SIGINT
 # (Python unwinds, the driver disconnects and Ray ends its actors); then TERM, KILL
 stop_trixmed() {
   [ -n "$trixmed_pid" ] || return 0
@@ -111,7 +111,7 @@ stop_trixmed() {
     kill -0 "$trixmed_pid" 2>/dev/null || break
     if [ $how = request ]; then
       [ -n "$stop_file" ] || continue
-      tlog "asking trixmed to stop at its next step: $stop_file"
+      tlog "asking trixmed to stop at a step: $stop_file"
       mkdir -p "$(dirname "$stop_file")" && echo step > "$stop_file"
     else
       tlog "SIG$how to trixmed"

@@ -216,7 +216,7 @@ class RunDir:
     def stop_request(self) -> Path:
         """Created by whoever wants a training phase to stop, unexported, to resume when run again.
         Empty (a sweep's scheduler): after the current epoch's checkpoint. Holding `STOP_AT_STEP`
-        (a signalled job): at the next optimizer step, with a checkpoint of that step."""
+        (a signalled job): within two optimizer steps, with a checkpoint of the step it stops at."""
         return self.partial("stop")
 
     def saved_work(self) -> list[tuple[str, int]]:

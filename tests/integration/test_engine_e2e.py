@@ -211,9 +211,10 @@ def test_a_worker_group_trains_run_after_run_like_ray_train(reference, tmp_path)
 
 def test_a_stop_request_mid_epoch_checkpoints_the_step_and_resumes_it_exactly(reference, tmp_path):
     """A preempted job's stop: the run directory's stop request, seen after an optimizer step in the
-    middle of an epoch, ends the phase with a checkpoint of that step; running it again trains the
-    rest of that epoch from there and ends exactly where an uninterrupted run ends. Dropout is on,
-    so the per-rank random state has to be restored too."""
+    middle of an epoch and agreed by the ranks during the next step, ends the phase with a
+    checkpoint of that next step; running it again trains the rest of that epoch from there and
+    ends exactly where an uninterrupted run ends. Dropout is on, so the per-rank random state has
+    to be restored too."""
     from trixmed.errors import TrainingStopped
 
     ref_root, _ = reference
@@ -224,14 +225,15 @@ def test_a_stop_request_mid_epoch_checkpoints_the_step_and_resumes_it_exactly(re
     run_stage(tiny_cfg(straight, dropout), "warmup")
     ref = json.loads((straight / "warmup" / "history.json").read_text())
     per_epoch = len(ref["epochs"][0]["step_losses"])
-    assert per_epoch >= 2
-    stop_at = per_epoch + 1   # the first step of epoch 2 of 2: neither epoch's end
+    assert per_epoch >= 3
+    asked = per_epoch + 1   # the first step of epoch 2 of 2 …
+    stop_at = asked + 1     # … and the step the ranks stop after: neither is an epoch's end
     with pytest.raises(TrainingStopped, match="warmup: stopped on request"):
-        run_stage(tiny_cfg(stopped, dropout, f"test_hooks.stop_at_step={stop_at}"), "warmup")
+        run_stage(tiny_cfg(stopped, dropout, f"test_hooks.stop_at_step={asked}"), "warmup")
     assert not (stopped / "warmup").exists()
     (state,) = [json.loads(p.read_text()) for p in stopped.glob(".ray/warmup-*/checkpoint_*/trainer_state.json")]
-    assert state["global_step"] == stop_at and state["epoch"] == 1 and len(state["partial"]["step_losses"]) == 1
+    assert state["global_step"] == stop_at and state["epoch"] == 1 and len(state["partial"]["step_losses"]) == 2
     run_stage(tiny_cfg(stopped, dropout), "warmup")
     progress = (stopped / "logs" / "warmup-progress.jsonl").read_text()
-    assert f"resumed from its checkpoint at step {stop_at} (epoch 2, step 1 of {per_epoch})" in progress
+    assert f"resumed from its checkpoint at step {stop_at} (epoch 2, step 2 of {per_epoch})" in progress
     assert_same_warmup(stopped, straight, atol=1e-6)

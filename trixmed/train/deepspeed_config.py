@@ -27,9 +27,11 @@ def grad_accumulation_steps(phase: PhaseConfig, world_size: int, where: str = "p
     return phase.effective_batch_size // per_step
 
 
-def build_deepspeed_config(phase: PhaseConfig, dist: DistributedConfig, world_size: int, where: str = "phase") -> dict[str, Any]:
+def build_deepspeed_config(phase: PhaseConfig, dist: DistributedConfig, world_size: int, where: str = "phase", *,
+                           engine_clips: bool = True) -> dict[str, Any]:
     """The DeepSpeed config for one phase. The optimizer (torch AdamW) and the lr schedule
-    (`linear_warmup`) are passed to `deepspeed.initialize` as client objects, see engine.py."""
+    (`linear_warmup`) are passed to `deepspeed.initialize` as client objects, see engine.py.
+    `engine_clips=False`: the caller clips the gradients itself (`DeepSpeedStrategy.step`)."""
     accum = grad_accumulation_steps(phase, world_size, where)
     zero: dict[str, Any] = {"stage": dist.zero_stage}
     if dist.zero_stage == 3:
@@ -40,7 +42,7 @@ def build_deepspeed_config(phase: PhaseConfig, dist: DistributedConfig, world_si
         "train_batch_size": phase.effective_batch_size,
         "train_micro_batch_size_per_gpu": phase.micro_batch_size,
         "gradient_accumulation_steps": accum,
-        "gradient_clipping": phase.grad_clip,
+        "gradient_clipping": phase.grad_clip if engine_clips else 0.0,
         "zero_optimization": zero,
         # a client torch AdamW avoids JIT-compiling DeepSpeed's fused CPU Adam (~80 s, STACK.md)
         "zero_allow_untested_optimizer": True,

@@ -10,6 +10,7 @@ by other ranks — before rank 0 writes the model.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,22 @@ def join_process_group(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
 
 
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale the gradients to a total 2-norm of at most `max_norm`, as DeepSpeed's ZeRO-0 float32
+    path does (`deepspeed.runtime.utils.clip_grad_norm_`), less its all-reduce of the norm. That
+    all-reduce averages the ranks' norms because expert-parallel ranks hold different gradients;
+    where every rank holds the same reduced gradients it is the norm itself. Same operations in
+    the same order, so the same bits as DeepSpeed's on 1 or 2 ranks (more ranks: DeepSpeed's sum
+    of W copies of norm/W rounds). Returns the norm before clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.stack([g.detach().float().norm(2.0) for g in grads]).pow(2.0).sum().float().pow(0.5)
+    coef = torch.min(torch.tensor([1.0], device=total.device),
+                     torch.tensor([float(max_norm)], device=total.device) / (total + 1e-6))
+    for g in grads:
+        g.mul_(coef)
+    return total
+
+
 class DeepSpeedStrategy:
     def __init__(self, dist_cfg: DistributedConfig, moe: MoEConfig):
         self.dist_cfg, self.moe = dist_cfg, moe
@@ -39,6 +56,16 @@ class DeepSpeedStrategy:
         self.device = torch.device("cpu")
         self.expert_parallel: Any = None
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist_cfg.precision)
+        self.clip_norm: float | None = None   # set by `prepare` when `step` clips, not the engine
+
+    def clips_itself(self, phase_cfg: PhaseConfig) -> bool:
+        """Whether `step` clips the gradients rather than the engine: on DeepSpeed's ZeRO-0 float32
+        path (the only one where its engine clips with `clip_grad_norm_`; ZeRO and bf16/fp16 have
+        their optimizers clip) when every rank holds every expert, so all ranks hold the same
+        reduced gradients. There the engine's clipping costs one more collective every step:
+        5–7 % of a 2-rank CPU step of configs/mimic3_codes.yaml, with its per-tensor norms."""
+        return (phase_cfg.grad_clip > 0 and self.dist_cfg.zero_stage == 0 and self.dist_cfg.precision == "fp32"
+                and self.moe.ep_size == 1)
 
     def setup_distributed(self, rank: int, world: int, local_rank: int) -> torch.device:
         """Join the process group whoever runs the trainer prepared (`join_process_group`)."""
@@ -61,9 +88,18 @@ class DeepSpeedStrategy:
         groups = optimizer_param_groups(model, phase_cfg.lr, phase_cfg.weight_decay, self.expert_parallel)
         optimizer = torch.optim.AdamW(groups, lr=phase_cfg.lr, weight_decay=phase_cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup(phase_cfg.warmup_steps))
-        ds_config = build_deepspeed_config(phase_cfg, self.dist_cfg, self.world, where)
+        clips = self.clips_itself(phase_cfg)
+        self.clip_norm = phase_cfg.grad_clip if clips else None
+        ds_config = build_deepspeed_config(phase_cfg, self.dist_cfg, self.world, where, engine_clips=not clips)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
         return engine
+
+    def step(self, engine: Any) -> None:
+        """`engine.step()` after a micro-batch's backward; at an optimizer step's boundary the
+        gradients are clipped first where `clips_itself` (the engine's backward has reduced them)."""
+        if self.clip_norm is not None and engine.is_gradient_accumulation_boundary():
+            clip_grad_norm(engine.module.parameters(), self.clip_norm)
+        engine.step()
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move tensors; floating inputs follow the engine's precision (labels too: the loss upcasts)."""
@@ -96,12 +132,22 @@ class DeepSpeedStrategy:
                 save_model(model, directory, state)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
+        return self.all_reduce_sum_started(values)()
+
+    def all_reduce_sum_started(self, values: list[float]) -> Callable[[], list[float]]:
+        """`all_reduce_sum`, started now; the returned function waits for its answer. Every rank
+        must start the same reductions in the same order, as with any collective."""
         import torch.distributed as dist
 
         # on this rank's device: NCCL, the GPU backend, reduces no host tensors
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+        work = dist.all_reduce(t, async_op=True)
+
+        def answer() -> list[float]:
+            work.wait()
+            return t.tolist()
+
+        return answer
 
     def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
         """Row j of rank r's `local` becomes row j*world + r (the order of `shard_for_eval`)."""

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +203,21 @@ class Trainer:
         return record
 
     def stop_requested(self, at_step: bool = False) -> bool:
-        """Whether the run directory's stop request exists (`at_step`: one that asks for a stop at the
-        next optimizer step), agreed by every rank (one collective)."""
+        """Whether the run directory's stop request exists (`at_step`: one that asks for a stop at an
+        optimizer step), agreed by every rank (one collective)."""
+        return self.stop_poll(at_step)() > 0
+
+    def stop_poll(self, at_step: bool) -> Callable[[], float]:
+        """`stop_requested`'s collective, started now: the returned function waits for the number
+        of ranks that saw a request."""
         path = self.spec.get("stop_file")
         try:
             request = Path(path).read_text() if path else None
         except FileNotFoundError:
             request = None
         seen = request is not None and (not at_step or request.strip() == STOP_AT_STEP)
-        return self.strategy.all_reduce_sum([float(seen)])[0] > 0
+        answer = self.strategy.all_reduce_sum_started([float(seen)])
+        return lambda: answer()[0]
 
     def epochs(self) -> range:
         return range(self.state["epoch"], 0 if self.state["stopped"] else self.pcfg.epochs)
@@ -226,8 +233,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> tuple[list[float], float] | None:
         """One epoch of optimizer steps; returns each step's global-batch loss and the seconds spent.
-        After every step it looks for a step stop request: on one, it reports a checkpoint of that
-        step and returns None."""
+        After every step it looks for a step stop request, which the ranks agree on during the next
+        step: on one, it reports a checkpoint of that next step and returns None."""
         # an epoch a stop request ended in its middle goes on from its next step, with the random
         # state it had there; otherwise reseed per epoch so dropout replays identically after a
         # restore from this epoch's start
@@ -244,6 +251,10 @@ class Trainer:
         t0 = time.perf_counter()
         local_losses: list[float] = []
         local_tokens = 0
+        # The step stop request's collective runs during the next step: awaited right after its
+        # own step, it held every rank there each step. So a request seen after step s stops the
+        # phase after step s + 1, on every rank alike.
+        poll: Callable[[], float] | None = None
         for micro_batches in self._micro_batches(epoch)[len(done["step_losses"]):]:
             self._maybe_fail()
             loss_sum, tokens = 0.0, 0
@@ -252,7 +263,7 @@ class Trainer:
                 out = engine(batch)
                 loss, _ = engine.module.loss(batch, out, self.pcfg)
                 engine.backward(loss)
-                engine.step()
+                self.strategy.step(engine)
                 loss_sum += float(loss.detach())
                 n = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
                 tokens += n
@@ -262,10 +273,13 @@ class Trainer:
             self.state["global_step"] += 1
             self.progress.step(self.state["global_step"], epoch=epoch + 1, loss=f"{local_losses[-1]:.4f}")
             self._test_hooks_after_step()
-            if self.stop_requested(at_step=True):
+            if poll is not None and poll() > 0:
                 self.state["partial"] = self._reduce_steps(done, local_losses, local_tokens, t0)
                 self.save_step_checkpoint()
                 return None
+            poll = self.stop_poll(at_step=True)
+        if poll is not None:
+            poll()   # a request it saw is for the epoch's end to act on (`fit` asks again)
         part = self._reduce_steps(done, local_losses, local_tokens, t0)
         self.epoch_tokens = part["tokens"]
         return part["step_losses"], part["train_s"]
