@@ -208,3 +208,32 @@ def slurm_unavailable(reason: str) -> None:
     if os.environ.get("TRIXMED_REQUIRE_SLURM", "0") not in ("", "0"):
         pytest.fail(f"SLURM is expected here (TRIXMED_REQUIRE_SLURM=1) but cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def spawn_gloo_ranks(fn: Any, world: int, *args: Any) -> None:
+    """`fn(rank, *args)` in `world` processes (torch.multiprocessing), joined to one gloo group on a
+    free local port through DeepSpeed, one torch thread each: DeepSpeed's CPU ranks without Ray."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_rank, args=(world, port, fn, args), nprocs=world, join=True)
+
+
+def _gloo_rank(rank: int, world: int, port: int, fn: Any, args: tuple[Any, ...]) -> None:
+    import importlib
+    import os
+
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None   # not needed over gloo
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    fn(rank, *args)

@@ -1,28 +1,14 @@
 """ep_size=2 vs ep_size=1 on 2 gloo ranks (torch.multiprocessing), bare and under a DeepSpeed engine."""
 
-import importlib
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from trixmed.testing import FakeTitles, make_samples, make_vocab, tiny_config
+from trixmed.testing import FakeTitles, make_samples, make_vocab, spawn_gloo_ranks, tiny_config
 
 WORLD = 2
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def _init(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # not needed over gloo
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
 def _models(cfg, vocab):
@@ -66,13 +52,12 @@ def _local(full, rank):
     return full[rank * n:(rank + 1) * n]
 
 
-def _bare(rank: int, port: int, out_dir: str) -> None:
+def _bare(rank: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from trixmed.models import load_model, save_model
     from trixmed.parallel import full_state_dict
 
-    _init(rank, port)
     cfg, vocab = tiny_config("model.moe.router=triage"), make_vocab()
     (ref, _), (ep, handle) = _models(cfg, vocab)
     batch = _batch(cfg, vocab, rank)
@@ -106,13 +91,12 @@ def _bare(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _deepspeed(rank: int, port: int, stage: int, ckpt_dir: str) -> None:
+def _deepspeed(rank: int, stage: int, ckpt_dir: str) -> None:
     import deepspeed
     import torch.distributed as dist
 
     from trixmed.parallel import full_state_dict, optimizer_param_groups
 
-    _init(rank, port)
     cfg, vocab = tiny_config("model.moe.router=triage"), make_vocab()
     batch = _batch(cfg, vocab, rank)
     ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "steps_per_print": 10**9,
@@ -148,17 +132,11 @@ def _deepspeed(rank: int, port: int, stage: int, ckpt_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ep2_matches_ep1_outputs_loss_and_gradients(tmp_path):
-    mp.spawn(_bare, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo_ranks(_bare, WORLD, str(tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_ep2_matches_ep1_under_deepspeed_zero(stage, tmp_path):
-    mp.spawn(_deepspeed, args=(_free_port(), stage, str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo_ranks(_deepspeed, WORLD, stage, str(tmp_path))

@@ -1,28 +1,16 @@
 """The strategy's gradient clipping on DeepSpeed's ZeRO-0 float32 path against the engine's own, on
 2 gloo ranks (torch.multiprocessing): the same bits, without the engine's all-reduce of the norm."""
 
-import importlib
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from trixmed.config import DistributedConfig, MoEConfig, PhaseConfig
+from trixmed.testing import spawn_gloo_ranks
 
 WORLD = 2
 PHASE = PhaseConfig(micro_batch_size=2, effective_batch_size=8, grad_clip=0.05, lr=1e-2, warmup_steps=1)
-
-
-def _init(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None   # not needed over gloo
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
 def _grads(seed: int) -> list[torch.nn.Parameter]:
@@ -59,12 +47,11 @@ def _train(engine_clips: bool) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _compare(rank: int, port: int) -> None:
+def _compare(rank: int) -> None:
     from deepspeed.runtime.utils import clip_grad_norm_
 
     from trixmed.train.deepspeed_strategy import clip_grad_norm
 
-    _init(rank, port)
     # every rank holds the same (reduced) gradients; a max norm that clips, and one that does not
     for max_norm in (1.0, 1e6):
         ours, theirs = _grads(3), _grads(3)
@@ -77,14 +64,8 @@ def _compare(rank: int, port: int) -> None:
         assert torch.equal(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_strategy_clipping_is_the_engines_bit_for_bit():
-    mp.spawn(_compare, args=(_free_port(),), nprocs=WORLD, join=True)
+    spawn_gloo_ranks(_compare, WORLD)
 
 
 @pytest.mark.parametrize("dist, moe, clips", [
