@@ -227,20 +227,25 @@ def _rows(trial_dir: Path) -> list[dict]:
     return [row for row in map(json.loads, lines) if "train_loss" in row]
 
 
+# the slow trial's step: its epochs after the first must outlast the test's reaction to that epoch's
+# report (with 0.5 s a sweep on 2 cores twice finished before its SIGINT)
+SLOW_STEP_S = 1.5
+
+
 @pytest.mark.parametrize("trainer", ["workers", "ray_train"])
 def test_a_restored_trial_resumes_from_its_last_epoch(base, tmp_path, trainer):
     # The same trial twice (test hooks are in no stage's hash): one straight through, then one with
     # slow steps, interrupted with the sweep once Tune has its first epoch (reported after the
     # epoch's checkpoint is saved; the next takes seconds, and may be saved before the sweep ends).
     name = f"resume_epoch_{trainer}"
-    space = _space(tmp_path, name, {"stratify.num_clusters": [2], "test_hooks.step_delay_s": [0.0, 0.5]})
+    space = _space(tmp_path, name, {"stratify.num_clusters": [2], "test_hooks.step_delay_s": [0.0, SLOW_STEP_S]})
     command = [TRIXMED, "tune", str(space), *_args(base, "tune.scheduler=fifo", f"tune.trainer={trainer}")]
     exp = RunDir(base).experiment(name)
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 400
     while True:
         slow = [d for d in exp.root.glob("trial_*") if (d / "params.json").is_file()
-                and json.loads((d / "params.json").read_text())["test_hooks.step_delay_s"] == 0.5]
+                and json.loads((d / "params.json").read_text())["test_hooks.step_delay_s"] == SLOW_STEP_S]
         if slow and _rows(slow[0]):
             break
         assert first.poll() is None, "trixmed tune ended early:\n" + first.communicate()[0][-3000:]
@@ -256,7 +261,7 @@ def test_a_restored_trial_resumes_from_its_last_epoch(base, tmp_path, trainer):
     summary = json.loads(exp.summary.read_text())
     by_delay = {t["params"]["test_hooks.step_delay_s"]: t for t in summary["trials"]}
     assert [t["status"] for t in by_delay.values()] == ["completed", "completed"]
-    resumed, straight = (RunDir(by_delay[d]["run_dir"]) for d in (0.5, 0.0))
+    resumed, straight = (RunDir(by_delay[d]["run_dir"]) for d in (SLOW_STEP_S, 0.0))
     events = [json.loads(line) for line in resumed.progress("experts").read_text().splitlines()]
     said = [e["text"] for e in events if e["kind"] == "message" and "resumed" in e["text"]]
     assert len(said) == 1, said
@@ -273,12 +278,12 @@ def test_a_restored_trial_resumes_from_its_last_epoch(base, tmp_path, trainer):
         assert {key: record[key] for key in ("train_loss", "train_s", "val_jaccard")} == \
                {key: row[key] for key in ("train_loss", "train_s", "val_jaccard")}
     # Tune's record of the restored trial starts over: the epochs before its checkpoint are reported again
-    assert [c["epoch"] for c in by_delay[0.5]["curve"]] == [1, 2, 3]
-    assert by_delay[0.5]["train_s"] == pytest.approx(sum(e["train_s"] + e["val_s"] for e in history["epochs"]), abs=0.01)
+    assert [c["epoch"] for c in by_delay[SLOW_STEP_S]["curve"]] == [1, 2, 3]
+    assert by_delay[SLOW_STEP_S]["train_s"] == pytest.approx(sum(e["train_s"] + e["val_s"] for e in history["epochs"]), abs=0.01)
     # and the whole run is the uninterrupted one's
     reference = json.loads(straight.history("experts").read_text())
     for key in ("step_losses", "val_jaccard"):
         np.testing.assert_allclose([e[key] for e in history["epochs"]], [e[key] for e in reference["epochs"]], atol=1e-6)
-    assert by_delay[0.5]["scores"]["jaccard"] == pytest.approx(by_delay[0.0]["scores"]["jaccard"], abs=1e-6)
+    assert by_delay[SLOW_STEP_S]["scores"]["jaccard"] == pytest.approx(by_delay[0.0]["scores"]["jaccard"], abs=1e-6)
     if trainer == "workers":   # a worker group's checkpoints go once the phase is exported
         assert not list(resumed.ray_storage.glob("*/checkpoint-*"))
