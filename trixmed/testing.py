@@ -224,16 +224,14 @@ def spawn_gloo_ranks(fn: Any, world: int, *args: Any) -> None:
 
 
 def _gloo_rank(rank: int, world: int, port: int, fn: Any, args: tuple[Any, ...]) -> None:
-    import importlib
     import os
 
     import torch
 
+    from trixmed.train.deepspeed_strategy import join_process_group
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None   # not needed over gloo
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    join_process_group(use_gpu=False)
     fn(rank, *args)

@@ -209,8 +209,9 @@ class ShardWorker:
         fresh = not follow_on or self._labels is None
         if fresh:
             self._sums, self._labels = np.zeros(centres.aug.shape), []
+        dtype = label_dtype(k)
         for b, (_, rows) in enumerate(self._blocks()):
-            labels = nearest(rows, centres).astype(label_dtype(k))
+            labels = nearest(rows, centres).astype(dtype)
             if fresh:
                 self._sums += cluster_sums(rows, labels, k)
                 self._labels.append(labels)
