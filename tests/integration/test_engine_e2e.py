@@ -135,6 +135,18 @@ def test_one_worker_follows_the_two_worker_loss_curve(reference, tmp_path):
         [l for e in two["epochs"] for l in e["step_losses"]], atol=1e-4)
 
 
+def test_zero0_averages_gradients_through_shared_memory_and_trains_as_zero2(reference, tmp_path):
+    ref_root, _ = reference
+    shutil.copytree(ref_root / "dataset", tmp_path / "dataset")
+    run_stage(tiny_cfg(tmp_path, "distributed.zero_stage=0"), "warmup")
+    for rank in (0, 1):
+        log = (tmp_path / "logs" / f"warmup-rank{rank}.log").read_text()
+        assert "[warmup] gradients averaged over 2 ranks through shared memory" in log
+    # ZeRO-2 flattens, reduces and clips its partitions in its own order: the same training to
+    # rounding (tests/parallel/test_shared_memory.py shows ZeRO-0's two ways bit-identical)
+    assert_same_warmup(tmp_path, ref_root, atol=1e-3)
+
+
 def test_run_resumes_after_an_interruption_between_stages(reference, tmp_path, monkeypatch):
     ref_root, _ = reference
     for d in ("dataset", "warmup", "features", "clusters"):

@@ -1,4 +1,5 @@
-"""Expert parallelism for the MoE-LoRA experts, wrapped around the model from outside (see docs/model.md)."""
+"""Parallelism wrapped around the model from outside: expert parallelism for the MoE-LoRA experts
+(see docs/model.md), and data-parallel gradients averaged through shared memory (shared_memory.py)."""
 
 from trixmed.parallel.expert_parallel import (
     ExpertParallel,

@@ -57,6 +57,7 @@ class DeepSpeedStrategy:
         self.expert_parallel: Any = None
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist_cfg.precision)
         self.clip_norm: float | None = None   # set by `prepare` when `step` clips, not the engine
+        self.shared_grads: Any = None         # set by `prepare` when `step` averages the gradients, not the engine
 
     def clips_itself(self, phase_cfg: PhaseConfig) -> bool:
         """Whether `step` clips the gradients rather than the engine: on DeepSpeed's ZeRO-0 float32
@@ -66,6 +67,13 @@ class DeepSpeedStrategy:
         5–7 % of a 2-rank CPU step of configs/mimic3_codes.yaml, with its per-tensor norms."""
         return (phase_cfg.grad_clip > 0 and self.dist_cfg.zero_stage == 0 and self.dist_cfg.precision == "fp32"
                 and self.moe.ep_size == 1)
+
+    def averages_itself(self) -> bool:
+        """Whether `step` may average the gradients through shared memory rather than the engine's
+        gloo all-reduce (`trixmed/parallel/shared_memory.py`): on the same ZeRO-0 float32 path, on
+        CPU ranks, when there is more than one. `prepare` then tries whether the ranks share a host."""
+        return (self.dist_cfg.zero_stage == 0 and self.dist_cfg.precision == "fp32" and self.moe.ep_size == 1
+                and not self.dist_cfg.use_gpu and self.world > 1)
 
     def setup_distributed(self, rank: int, world: int, local_rank: int) -> torch.device:
         """Join the process group whoever runs the trainer prepared (`join_process_group`)."""
@@ -92,13 +100,27 @@ class DeepSpeedStrategy:
         self.clip_norm = phase_cfg.grad_clip if clips else None
         ds_config = build_deepspeed_config(phase_cfg, self.dist_cfg, self.world, where, engine_clips=not clips)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+        self.shared_grads = None
+        if self.averages_itself():
+            from trixmed.parallel.shared_memory import SharedMemoryGradients
+
+            # the parameters DeepSpeed's ZeRO-0 all-reduce would average (`_get_gradients_for_reduction`)
+            params = [p for p in model.parameters() if p.requires_grad and p.numel()]
+            self.shared_grads = SharedMemoryGradients.open(params, self.rank, self.world)
+            engine.enable_backward_allreduce = self.shared_grads is None
+            how = "shared memory" if self.shared_grads else "DeepSpeed's all-reduce (no /dev/shm file all ranks can map)"
+            print(f"[{where}] gradients averaged over {self.world} ranks through {how}", flush=True)
         return engine
 
     def step(self, engine: Any) -> None:
         """`engine.step()` after a micro-batch's backward; at an optimizer step's boundary the
-        gradients are clipped first where `clips_itself` (the engine's backward has reduced them)."""
-        if self.clip_norm is not None and engine.is_gradient_accumulation_boundary():
-            clip_grad_norm(engine.module.parameters(), self.clip_norm)
+        gradients are first averaged over the ranks where the engine's backward did not (shared
+        memory), then clipped where `clips_itself`."""
+        if engine.is_gradient_accumulation_boundary():
+            if self.shared_grads is not None:
+                self.shared_grads.average()
+            if self.clip_norm is not None:
+                clip_grad_norm(engine.module.parameters(), self.clip_norm)
         engine.step()
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
