@@ -11,12 +11,13 @@ import pytest
 def ray_session():
     import ray
 
-    from trixmed.train.ray_session import quiet_data_context
+    from trixmed.train.ray_session import quiet_data_context, train_env
 
     # local test cluster only: Ray 2.60's token auth is for dashboards reachable by others
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = not ray.is_initialized()
     if started:
+        os.environ.update(train_env())   # Ray's processes inherit them, as from `ensure_ray`
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     quiet_data_context()   # as `ensure_ray` does for the command line
     yield ray

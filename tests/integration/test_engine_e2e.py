@@ -141,7 +141,8 @@ def test_zero0_averages_gradients_through_shared_memory_and_trains_as_zero2(refe
     run_stage(tiny_cfg(tmp_path, "distributed.zero_stage=0"), "warmup")
     for rank in (0, 1):
         log = (tmp_path / "logs" / f"warmup-rank{rank}.log").read_text()
-        assert "[warmup] gradients averaged over 2 ranks through shared memory" in log
+        # once: Ray Train's print patch would log it a second time into the same file
+        assert log.count("[warmup] gradients averaged over 2 ranks through shared memory") == 1
     # ZeRO-2 flattens, reduces and clips its partitions in its own order: the same training to
     # rounding (tests/parallel/test_shared_memory.py shows ZeRO-0's two ways bit-identical)
     assert_same_warmup(tmp_path, ref_root, atol=1e-3)

@@ -63,9 +63,10 @@ def test_stage_without_its_inputs_is_exit_2(capsys, tmp_path):
 
 LLAMA = str(CONFIGS / "llama3_8b_moelora.yaml")
 # the environment a job's Ray nodes start with: Ray Train's 0.2 s poll, no preemption watcher (the
-# job's signals stop trixmed), and the mark that tells the driver to leave the runtime env empty
+# job's signals stop trixmed), no print patch (each rank prints once, to its own log), and the
+# mark that tells the driver to leave the runtime env empty
 RAY_NODE_ENV = ("env RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2\nenv RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0\n"
-                "env TRIXMED_RAY_NODES_HAVE_ENV=1\n")
+                "env RAY_TRAIN_ENABLE_PRINT_PATCH=0\nenv TRIXMED_RAY_NODES_HAVE_ENV=1\n")
 
 
 def plan(capsys, *args: str) -> tuple[int, str, str]:

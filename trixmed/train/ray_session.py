@@ -36,7 +36,11 @@ _TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HE
 # its own stop request (slurm/job.sh), so the watcher is one more process to start before the
 # first step: ~1.5 s of a 2-core node's CPU per training phase. A value in the environment wins.
 _NO_WATCHER = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")}
-_TRAIN_ENV = {**_TRAIN_POLL, **_NO_WATCHER}
+# Ray Train replaces `print` in its workers with one that logs each line through the root logger
+# and, once the rank's output goes to its own file (`redirect_output`), also prints it: every line
+# a rank prints reached its log twice. trixmed sends a rank's output to the run's logs itself.
+_NO_PRINT_PATCH = {"RAY_TRAIN_ENABLE_PRINT_PATCH": os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")}
+_TRAIN_ENV = {**_TRAIN_POLL, **_NO_WATCHER, **_NO_PRINT_PATCH}
 # Set (to 1) in the environment of a driver whose Ray nodes were started with trixmed's settings
 # already in their environment: slurm/job.sh exports what `trixmed plan --slurm` says before it
 # starts them (`ray_node_env`). The job's runtime env then stays empty, as a local Ray's does.
@@ -120,10 +124,17 @@ def quiet_data_context() -> None:
         ray.data.DataContext.get_current()
 
 
+def train_env() -> dict[str, str]:
+    """trixmed's settings for Ray Train's processes, read from their environment: a local Ray that
+    `ensure_ray` starts inherits them, a SLURM job's nodes get them through `ray_node_env`, and so
+    must any Ray started by hand for trixmed's training (the test session's)."""
+    return dict(_TRAIN_ENV)
+
+
 def ray_node_env() -> dict[str, str]:
     """What the Ray nodes of a trixmed SLURM job are started with (slurm/job.sh exports it before
     `ray start`; the dashboard's state tracking it sets itself), and the mark that they were."""
-    return {**_TRAIN_ENV, NODES_HAVE_ENV: "1"}
+    return {**train_env(), NODES_HAVE_ENV: "1"}
 
 
 def dashboard_url() -> str | None:
