@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -134,13 +134,14 @@ def plain_throughput(cfg, run_dir: Path, steps: int, blocks: int = PLAIN_BLOCKS)
     return rates
 
 
-def paired_ratios(config: str, overrides: list[str], run_dir: Path, pairs: int) -> list[dict]:
+def paired_ratios(cfg, config: str, overrides: list[str], pairs: int) -> list[dict]:
     """`pairs` times: one experts epoch on Ray + DeepSpeed and a plain block of as many samples,
     back to back, the order alternating so that a machine slowing down or speeding up favours
     neither. The epoch trains in a scratch run directory holding copies of the stage's inputs
-    (the run's own experts/ stays the pipeline's); Ray is started for it and shut down before the
-    plain block, whose process then has the cores to itself, as in the pipeline's stages. Each
-    epoch's samples/s is the trainer's own (its training steps, without set-up or validation)."""
+    (the run's own experts/ stays the pipeline's; `config` and `overrides` are what `cfg` was
+    loaded from, but its run_dir); Ray is started for it and shut down before the plain block,
+    whose process then has the cores to itself, as in the pipeline's stages. Each epoch's
+    samples/s is the trainer's own (its training steps, without set-up or validation)."""
     from trixmed.commands.common import yaml_quote
     from trixmed.config import load_config
     from trixmed.console import Console
@@ -152,28 +153,29 @@ def paired_ratios(config: str, overrides: list[str], run_dir: Path, pairs: int) 
     from trixmed.train.sampling import steps_per_epoch
     from trixmed.train.trainer import phase_samples
 
-    cfg = load_config(config, [f"run_dir={yaml_quote(run_dir)}", *overrides])
+    run_dir = Path(cfg.run_dir)
     rd = RunDir(run_dir)
     train, _ = phase_samples(cfg, Dataset(rd.dataset), "experts")
     steps = steps_per_epoch(len(train), cfg.experts.effective_batch_size, "experts")   # the epoch's
+
+    def ray_epoch(scratch: Path) -> float:
+        for name in STAGES["experts"].inputs:
+            shutil.copytree(rd.stage_dir(name), RunDir(scratch).stage_dir(name))
+        one = load_config(config, [f"run_dir={yaml_quote(scratch)}", *overrides, "experts.epochs=1"])
+        with ray_session(one):
+            run_stage(one, "experts", force=True, console=Console(stream=io.StringIO()))
+        return read_json(RunDir(scratch).history("experts"))["epochs"][0]["samples_per_s"]
+
     results = []
     for i in range(pairs):
+        order = ("ray", "plain") if i % 2 == 0 else ("plain", "ray")
         scratch = Path(tempfile.mkdtemp(prefix="trixmed-bench-pair-"))
         try:
-            for name in STAGES["experts"].inputs:
-                shutil.copytree(rd.stage_dir(name), RunDir(scratch).stage_dir(name))
-            one = load_config(config, [f"run_dir={yaml_quote(scratch)}", *overrides, "experts.epochs=1"])
-            rates: dict[str, float] = {}
-            for side in (("ray", "plain") if i % 2 == 0 else ("plain", "ray")):
-                if side == "ray":
-                    with ray_session(one):
-                        run_stage(one, "experts", force=True, console=Console(stream=io.StringIO()))
-                    rates["ray"] = read_json(RunDir(scratch).history("experts"))["epochs"][0]["samples_per_s"]
-                else:
-                    rates["plain"] = plain_throughput(cfg, run_dir, steps, blocks=1)[0]
+            rates = {side: ray_epoch(scratch) if side == "ray" else plain_throughput(cfg, run_dir, steps, blocks=1)[0]
+                     for side in order}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        pair = {"first": "ray" if i % 2 == 0 else "plain", "ray_samples_per_s": round(rates["ray"], 1),
+        pair = {"first": order[0], "ray_samples_per_s": round(rates["ray"], 1),
                 "plain_samples_per_s": round(rates["plain"], 1), "ratio": round(rates["ray"] / rates["plain"], 3)}
         print(f"pair {i + 1}/{pairs}: Ray + DeepSpeed {pair['ray_samples_per_s']} samples/s, "
               f"plain {pair['plain_samples_per_s']} → {pair['ratio']}", flush=True)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             total = time.perf_counter() - t0
             plain_blocks = plain_throughput(cfg, run_dir, plain_steps)
             plain = max(plain_blocks)
-            pairs = paired_ratios(config, [*overrides, *user_overrides], run_dir, SMOKE_PAIRS if args.smoke else PAIRS)
+            pairs = paired_ratios(cfg, config, [*overrides, *user_overrides], SMOKE_PAIRS if args.smoke else PAIRS)
 
         rd = RunDir(run_dir)
         histories = {p: read_json(rd.history(p)) for p in rd.PHASES}

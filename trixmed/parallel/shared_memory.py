@@ -69,7 +69,7 @@ class SharedMemoryGradients:
                 if path.stat().st_size == nbytes:
                     slots = torch.from_file(str(path), shared=True, size=nbytes // 4, dtype=torch.float32)
             except OSError:
-                slots = None
+                pass   # this rank cannot map it: the MIN below turns it off everywhere
         mapped = torch.tensor([float(slots is not None)])
         dist.all_reduce(mapped, op=dist.ReduceOp.MIN)
         if rank == 0 and pid:

@@ -65,15 +65,18 @@ class DeepSpeedStrategy:
         their optimizers clip) when every rank holds every expert, so all ranks hold the same
         reduced gradients. There the engine's clipping costs one more collective every step:
         5–7 % of a 2-rank CPU step of configs/mimic3_codes.yaml, with its per-tensor norms."""
-        return (phase_cfg.grad_clip > 0 and self.dist_cfg.zero_stage == 0 and self.dist_cfg.precision == "fp32"
-                and self.moe.ep_size == 1)
+        return phase_cfg.grad_clip > 0 and self._plain_zero0()
 
     def averages_itself(self) -> bool:
         """Whether `step` may average the gradients through shared memory rather than the engine's
         gloo all-reduce (`trixmed/parallel/shared_memory.py`): on the same ZeRO-0 float32 path, on
         CPU ranks, when there is more than one. `prepare` then tries whether the ranks share a host."""
-        return (self.dist_cfg.zero_stage == 0 and self.dist_cfg.precision == "fp32" and self.moe.ep_size == 1
-                and not self.dist_cfg.use_gpu and self.world > 1)
+        return self._plain_zero0() and not self.dist_cfg.use_gpu and self.world > 1
+
+    def _plain_zero0(self) -> bool:
+        """DeepSpeed's ZeRO-0 float32 path with every expert on every rank: every rank holds the
+        same full gradients after the average."""
+        return self.dist_cfg.zero_stage == 0 and self.dist_cfg.precision == "fp32" and self.moe.ep_size == 1
 
     def setup_distributed(self, rank: int, world: int, local_rank: int) -> torch.device:
         """Join the process group whoever runs the trainer prepared (`join_process_group`)."""
