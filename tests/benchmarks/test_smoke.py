@@ -109,3 +109,15 @@ def test_host_memory_smoke(tmp_path: Path) -> None:
     assert mapped["copies"] < 1.3 and cast["copies"] > 1.8
     assert mapped["anonymous_mib_per_process"] < 0.1 * mapped["weights_mib"] < cast["anonymous_mib_per_process"]
     assert (tmp_path / "host_memory.md").read_text().count("| mapped |") == 1
+
+
+def test_rank_startup_smoke(tmp_path: Path) -> None:
+    """benchmarks/rank_startup.py, one round: a rank with trixmed's Muon stand-ins reaches its first
+    ZeRO-2 step without torch._inductor's compiler; one with DeepSpeed's own Muon modules loads it."""
+    report = run_smoke("rank_startup.py", tmp_path / "rank_startup.json", timeout=240)
+    stand_ins, muon = report["summary"]["stand_ins"], report["summary"]["deepspeed_muon"]
+    assert not stand_ins["inductor_compiler_loaded"] and muon["inductor_compiler_loaded"]
+    assert [len(r) for r in report["runs"].values()] == [1, 1]
+    assert all(r["total_s"] > r["join_prepare_step_s"] > 0 for rs in report["runs"].values() for r in rs)
+    assert report["saved_s_per_rank"] == round(muon["total_s_median"] - stand_ins["total_s_median"], 3)
+    assert (tmp_path / "rank_startup.md").read_text().count("| stand_ins |") == 1

@@ -10,6 +10,8 @@ by other ranks — before rank 0 writes the model.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,36 @@ def join_process_group(use_gpu: bool) -> None:
     again is a no-op, so a long-lived rank joins once and its trainers each call this."""
     import deepspeed
 
-    # The shared-memory comm op is not used over gloo; building it costs 20-30 s (STACK.md).
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    _skip_unused_deepspeed_parts()
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+
+MUON_MODULES = ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
+
+
+def _skip_unused_deepspeed_parts() -> None:
+    """Two parts of DeepSpeed that trixmed never uses would cost every rank start-up time:
+    - the shared-memory comm op, not used over gloo: building it costs 20-30 s (STACK.md);
+    - Muon. To ask whether the optimizer is its Muon, DeepSpeed imports Muon's modules (ZeRO 1-3,
+      bf16), which compile their kernels as they load: torch._inductor, 1.2 s a rank on 2 cores in
+      every phase. trixmed's optimizer is always its own AdamW (`prepare`), so stand-ins answer:
+      a class nothing is an instance of, and updates that are never called. Modules already
+      loaded stay as they are."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+    class MuonWithAuxAdam:   # never instantiated: isinstance(AdamW(...), MuonWithAuxAdam) is False
+        pass
+
+    def muon_step(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("DeepSpeed applied a Muon update, but trixmed's optimizer is AdamW and "
+                           "Muon's modules are stand-ins here (deepspeed_strategy.py)")
+
+    for name in MUON_MODULES:
+        if name not in sys.modules:
+            module = types.ModuleType(name, "trixmed's stand-in: Muon is never trixmed's optimizer")
+            module.MuonWithAuxAdam = MuonWithAuxAdam   # type: ignore[attr-defined]
+            module.muon_update = module.adam_update = muon_step   # type: ignore[attr-defined]
+            sys.modules[name] = module
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
