@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,22 +29,20 @@ CASES = ("stand_ins", "deepspeed_muon")
 
 def child(case: str) -> None:
     """One rank's start-up, timed from before `import torch` to the end of its first step."""
+    from trixmed.testing import free_local_port, join_local_gloo   # torch-free at import: before the clock
+
     t0 = time.perf_counter()
     import torch
     import deepspeed  # noqa: F401
 
     from trixmed.config import DistributedConfig, MoEConfig, PhaseConfig
-    from trixmed.train.deepspeed_strategy import MUON_MODULES, DeepSpeedStrategy, join_process_group
+    from trixmed.train.deepspeed_strategy import MUON_MODULES, DeepSpeedStrategy
 
     if case == "deepspeed_muon":
         for name in MUON_MODULES:
             __import__(name)
     imported = time.perf_counter()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    join_process_group(use_gpu=False)
+    join_local_gloo(0, 1, free_local_port())
     strategy = DeepSpeedStrategy(DistributedConfig(zero_stage=2), MoEConfig())
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 32))

@@ -213,17 +213,22 @@ def slurm_unavailable(reason: str) -> None:
 def spawn_gloo_ranks(fn: Any, world: int, *args: Any) -> None:
     """`fn(rank, *args)` in `world` processes (torch.multiprocessing), joined to one gloo group on a
     free local port through DeepSpeed, one torch thread each: DeepSpeed's CPU ranks without Ray."""
-    import socket
-
     import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(world, free_local_port(), fn, args), nprocs=world, join=True)
+
+
+def free_local_port() -> int:
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_gloo_rank, args=(world, port, fn, args), nprocs=world, join=True)
+        return s.getsockname()[1]
 
 
-def _gloo_rank(rank: int, world: int, port: int, fn: Any, args: tuple[Any, ...]) -> None:
+def join_local_gloo(rank: int, world: int, port: int) -> None:
+    """Join this process to a gloo group of `world` ranks on 127.0.0.1:`port`, as trixmed's ranks
+    join (`join_process_group`), with one torch thread."""
     import os
 
     import torch
@@ -234,4 +239,8 @@ def _gloo_rank(rank: int, world: int, port: int, fn: Any, args: tuple[Any, ...])
                       WORLD_SIZE=str(world), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     join_process_group(use_gpu=False)
+
+
+def _gloo_rank(rank: int, world: int, port: int, fn: Any, args: tuple[Any, ...]) -> None:
+    join_local_gloo(rank, world, port)
     fn(rank, *args)
