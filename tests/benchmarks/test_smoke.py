@@ -121,3 +121,15 @@ def test_rank_startup_smoke(tmp_path: Path) -> None:
     assert all(r["total_s"] > r["join_prepare_step_s"] > 0 for rs in report["runs"].values() for r in rs)
     assert report["saved_s_per_rank"] == round(muon["total_s_median"] - stand_ins["total_s_median"], 3)
     assert (tmp_path / "rank_startup.md").read_text().count("| stand_ins |") == 1
+
+
+def test_train_startup_smoke(tmp_path: Path) -> None:
+    """benchmarks/train_startup.py, one round: a Ray Train phase with trixmed's backend leaves torch
+    out of Ray Train's controller; one with Ray's TorchConfig imports it there."""
+    report = run_smoke("train_startup.py", tmp_path / "train_startup.json", timeout=240)
+    ours, ray_torch = report["summary"]["trixmed_backend"], report["summary"]["torch_config"]
+    assert not ours["controller_has_torch"] and ray_torch["controller_has_torch"]
+    assert [len(r) for r in report["runs"].values()] == [1, 1]
+    assert all(r["fit_s"] > r["controller_cpu_s"] > 0 for rs in report["runs"].values() for r in rs)
+    assert report["fit_saved_s"] == round(ray_torch["fit_s_median"] - ours["fit_s_median"], 3)
+    assert (tmp_path / "train_startup.md").read_text().count("| trixmed_backend |") == 1

@@ -1,4 +1,8 @@
-"""One training phase on Ray: a `TorchTrainer` whose workers each run a `Trainer`.
+"""One training phase on Ray: a Ray Train `DataParallelTrainer` whose workers each run a `Trainer`.
+
+Its backend (`process_group.RayTrainGroup`) tells the workers where their process group meets; each
+`Trainer` joins it as every trixmed rank does. Ray's `TorchConfig` is not used: it would make the
+group a second way, and import torch in Ray Train's controller.
 
 Checkpoints live under `<run_dir>/.ray/<phase>-<hash>`: the name carries the content hash of the
 stage's inputs and config, so running the stage again after an interruption resumes from its
@@ -24,17 +28,19 @@ def fit(cfg: Config, phase: str, out_dir: Path, *, run_name: str, console: Conso
         report_to_tune: bool = False) -> dict[str, Any]:
     """`Fit` (session.py) on a Ray Train run of its own: its workers each run a `Trainer`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from trixmed.train.process_group import RayTrainGroup
     from trixmed.train.progress import ProgressFollower
     from trixmed.train.trainer import train_worker
 
     ensure_ray(cfg)
     rd = RunDir(Path(cfg.run_dir).resolve())
     d = cfg.distributed
-    trainer = TorchTrainer(
+    trainer = DataParallelTrainer(
         train_worker,
         train_loop_config=trainer_spec(cfg, phase, out_dir),
+        backend_config=RayTrainGroup(),
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                      resources_per_worker=worker_resources(d)),
         run_config=RunConfig(

@@ -21,7 +21,6 @@ next lease starts a new one.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 from trixmed.config import Config, DistributedConfig
 from trixmed.console import Console, redirect_output
 from trixmed.run_dir import RunDir
+from trixmed.train.process_group import export_group_env, rendezvous
 from trixmed.train.progress import ProgressFollower
 from trixmed.train.ray_fit import read_history, trainer_spec, worker_resources
 from trixmed.train.session import Fit, GroupSession
@@ -46,21 +46,15 @@ class TrainWorker:
             redirect_output(Path(log))
 
     def rendezvous(self) -> tuple[str, int]:
-        """Rank 0's address for the process group: this node's IP and a free port."""
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1]
+        """Rank 0's address for the process group (process_group.py)."""
+        return rendezvous()
 
     def join(self, address: str, port: int, use_gpu: bool) -> None:
-        """Join the group's process group once, as Ray Train's workers do (env://)."""
-        import os
-
+        """Join the group's process group once, the way Ray Train's workers join theirs; one GPU is
+        visible to each actor, so every local rank is 0."""
         from trixmed.train.deepspeed_strategy import join_process_group
 
-        os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world), LOCAL_RANK="0")
+        export_group_env(address, port, self.rank, self.world, local_rank=0)
         join_process_group(use_gpu)
 
     def start(self, spec: dict[str, Any], storage: str) -> tuple[list[int], list[dict[str, Any]]]:
