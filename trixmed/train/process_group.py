@@ -8,7 +8,7 @@ Both of trixmed's Ray paths use it, so a rank is told about its group one way an
 
 `RayTrainGroup` stands where Ray's `TorchConfig` would. That one makes the group itself, and Ray
 Train's controller, which never holds a tensor, imports torch to unpickle it: about 2 s of CPU in
-every training phase on 2 cores (benchmarks/rank_startup.py measures it). So this module imports no
+every training phase on 2 cores (benchmarks/train_startup.py measures it). So this module imports no
 torch: the controller loads it.
 """
 
