@@ -42,14 +42,13 @@ class ControllerClock(UserCallback):
 
 
 def rank(config: dict[str, Any]) -> None:
-    import deepspeed  # noqa: F401
     import ray.train
     import torch
     import torch.distributed as dist
 
     from trixmed.train.deepspeed_strategy import join_process_group
 
-    join_process_group(use_gpu=False)
+    join_process_group(use_gpu=False)   # imports DeepSpeed, as a trainer's rank does
     total = torch.tensor([float(dist.get_rank() + 1)])
     dist.all_reduce(total)
     ray.train.report({"sum": total.item()})

@@ -20,6 +20,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray.exceptions import GetTimeoutError
 from ray.train.backend import Backend, BackendConfig
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,6 @@ LEAVE_TIMEOUT_S = 30.0
 
 def rendezvous() -> tuple[str, int]:
     """Rank 0's side: this node's IP and a free port for the group's store."""
-    import ray
-
     with socket.socket() as s:
         s.bind(("", 0))
         return ray.util.get_node_ip_address(), s.getsockname()[1]
@@ -45,8 +45,6 @@ def export_group_env(address: str, port: int, rank: int, world: int, local_rank:
 
 def _export_ray_train_env(address: str, port: int) -> None:
     """On a Ray Train worker: the group's variables, with the ranks Ray Train gave it."""
-    import ray.train
-
     ctx = ray.train.get_context()
     export_group_env(address, port, ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
 
@@ -68,9 +66,6 @@ class _RayTrainGroupBackend(Backend):
         log.info("process group rendezvous at %s:%d for %d ranks", address, port, len(worker_group))
 
     def on_shutdown(self, worker_group: Any, backend_config: BackendConfig) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError
-
         try:
             ray.get(worker_group.execute_async(_leave_group), timeout=LEAVE_TIMEOUT_S)
         except GetTimeoutError:
