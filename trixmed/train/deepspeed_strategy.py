@@ -62,15 +62,19 @@ def _skip_unused_deepspeed_parts() -> None:
             sys.modules[name] = module
 
 
-def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                   norms: torch.Tensor | None = None) -> torch.Tensor:
     """Scale the gradients to a total 2-norm of at most `max_norm`, as DeepSpeed's ZeRO-0 float32
     path does (`deepspeed.runtime.utils.clip_grad_norm_`), less its all-reduce of the norm. That
     all-reduce averages the ranks' norms because expert-parallel ranks hold different gradients;
     where every rank holds the same reduced gradients it is the norm itself. Same operations in
     the same order, so the same bits as DeepSpeed's on 1 or 2 ranks (more ranks: DeepSpeed's sum
-    of W copies of norm/W rounds). Returns the norm before clipping."""
+    of W copies of norm/W rounds). `norms`: every gradient's norm in parameter order, where this
+    rank holds only its share of them (a sharded step). Returns the norm before clipping."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.stack([g.detach().float().norm(2.0) for g in grads]).pow(2.0).sum().float().pow(0.5)
+    if norms is None:
+        norms = torch.stack([g.detach().float().norm(2.0) for g in grads])
+    total = norms.pow(2.0).sum().float().pow(0.5)
     coef = torch.min(torch.tensor([1.0], device=total.device),
                      torch.tensor([float(max_norm)], device=total.device) / (total + 1e-6))
     for g in grads:
@@ -87,6 +91,7 @@ class DeepSpeedStrategy:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist_cfg.precision)
         self.clip_norm: float | None = None   # set by `prepare` when `step` clips, not the engine
         self.shared_grads: Any = None         # set by `prepare` when `step` averages the gradients, not the engine
+        self.optimizer: torch.optim.Optimizer | None = None
 
     def clips_itself(self, phase_cfg: PhaseConfig) -> bool:
         """Whether `step` clips the gradients rather than the engine: on DeepSpeed's ZeRO-0 float32
@@ -126,7 +131,7 @@ class DeepSpeedStrategy:
         if self.moe.ep_size > 1 and getattr(model, "phase", None) == "experts":
             self.expert_parallel = setup_expert_parallel(model, self.moe.ep_size)
         groups = optimizer_param_groups(model, phase_cfg.lr, phase_cfg.weight_decay, self.expert_parallel)
-        optimizer = torch.optim.AdamW(groups, lr=phase_cfg.lr, weight_decay=phase_cfg.weight_decay)
+        self.optimizer = optimizer = torch.optim.AdamW(groups, lr=phase_cfg.lr, weight_decay=phase_cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup(phase_cfg.warmup_steps))
         clips = self.clips_itself(phase_cfg)
         self.clip_norm = phase_cfg.grad_clip if clips else None
@@ -147,13 +152,17 @@ class DeepSpeedStrategy:
     def step(self, engine: Any) -> None:
         """`engine.step()` after a micro-batch's backward; at an optimizer step's boundary the
         gradients are first averaged over the ranks where the engine's backward did not (shared
-        memory), then clipped where `clips_itself`."""
-        if engine.is_gradient_accumulation_boundary():
-            if self.shared_grads is not None:
-                self.shared_grads.average()
-            if self.clip_norm is not None:
-                clip_grad_norm(engine.module.parameters(), self.clip_norm)
+        memory: each rank then updates its share of the parameters, and publishes it after the
+        step), then clipped where `clips_itself`."""
+        boundary = engine.is_gradient_accumulation_boundary()
+        shared = self.shared_grads if boundary else None
+        if shared is not None:
+            shared.average()
+        if boundary and self.clip_norm is not None:
+            clip_grad_norm(engine.module.parameters(), self.clip_norm, shared.grad_norms() if shared else None)
         engine.step()
+        if shared is not None:
+            shared.publish()
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move tensors; floating inputs follow the engine's precision (labels too: the loss upcasts)."""
@@ -167,10 +176,18 @@ class DeepSpeedStrategy:
         return out
 
     def save_checkpoint(self, engine: Any, directory: str | Path) -> None:
-        engine.save_checkpoint(str(directory), tag=DS_TAG)   # every rank: its own shards and experts
+        """Every rank (a collective): its own shards and experts; a sharded step's optimizer state
+        whole in it, as an unsharded run's."""
+        if self.shared_grads is not None:
+            self.shared_grads.gather_state(self.optimizer)
+        engine.save_checkpoint(str(directory), tag=DS_TAG)
+        if self.shared_grads is not None:
+            self.shared_grads.keep_own_state(self.optimizer)
 
     def load_checkpoint(self, engine: Any, directory: str | Path) -> None:
         engine.load_checkpoint(str(directory), tag=DS_TAG)
+        if self.shared_grads is not None:
+            self.shared_grads.keep_own_state(self.optimizer)
 
     def export(self, engine: Any, directory: Path) -> None:
         """The full model, gathered from every rank, written by rank 0 (a collective: all ranks call it)."""
