@@ -6,7 +6,9 @@ model, and the tiny Llama is a random-weight model with a tokenizer trained on t
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,8 +203,6 @@ def save_tiny_llama(
 def slurm_unavailable(reason: str) -> None:
     """A SLURM test that cannot run here skips, except where SLURM is expected (CI: .ci/run sets
     TRIXMED_REQUIRE_SLURM=1): there it fails, since a skip would pass CI having checked nothing."""
-    import os
-
     import pytest
 
     if os.environ.get("TRIXMED_REQUIRE_SLURM", "0") not in ("", "0"):
@@ -229,8 +229,6 @@ def free_local_port() -> int:
 def join_local_gloo(rank: int, world: int, port: int) -> None:
     """Join this process to a gloo group of `world` ranks on 127.0.0.1:`port`, as trixmed's ranks
     join (`join_process_group`), with one torch thread."""
-    import os
-
     import torch
 
     from trixmed.train.deepspeed_strategy import join_process_group
@@ -242,9 +240,6 @@ def join_local_gloo(rank: int, world: int, port: int) -> None:
 
 
 def _gloo_rank(rank: int, world: int, port: int, fn: Any, args: tuple[Any, ...]) -> None:
-    import os
-    import sys
-
     import torch.distributed as dist
 
     join_local_gloo(rank, world, port)
