@@ -44,17 +44,30 @@ def assert_same_warmup(got: Path, ref: Path, atol: float) -> None:
         np.testing.assert_allclose(w_got[k], w_ref[k], atol=atol)
 
 
+def actor_classes(ray) -> dict[str, str]:
+    """Every actor this Ray has run, alive or dead, by id: its class name (GCS's actor table; the
+    shared session has no dashboard for the public state API)."""
+    return {k: a["ActorClassName"] for k, a in ray._private.state.actors().items()}
+
+
 @pytest.fixture(scope="module")
 def reference(ray_session, tmp_path_factory):
+    """The uninterrupted run: its directory, stage results and the classes of the actors it started."""
     root = tmp_path_factory.mktemp("reference")
     make_tiny_dataset(root)
+    before = actor_classes(ray_session)
     results = run_pipeline(tiny_cfg(root), stages=TRAIN_STAGES)
-    return root, results
+    started = [c for k, c in actor_classes(ray_session).items() if k not in before]
+    return root, results, started
 
 
 def test_pipeline_zero2_trains_checkpoints_and_scores(reference):
-    root, results = reference
+    root, results, started = reference
     assert [r.status for r in results] == ["ran"] * 5
+    # each phase's Ray Train run: a controller and two workers, without the dataset manager and the
+    # placement-group cleaner that a command's runs do not use (ray_fit._trainer_class)
+    assert started.count("TrainController") == 2 and started.count("RayTrainWorker") == 4, started
+    assert "DatasetManager" not in started and "PlacementGroupCleaner" not in started, started
     for phase in ("warmup", "experts"):
         history = json.loads((root / phase / "history.json").read_text())
         assert history["world_size"] == 2 and history["zero_stage"] == 2
@@ -76,7 +89,7 @@ def test_pipeline_zero2_trains_checkpoints_and_scores(reference):
 def test_predict_routes_a_new_patient(reference, tmp_path, capsys):
     from trixmed.cli import main
 
-    root, _ = reference
+    root, _, _ = reference
     patient = tmp_path / "patient.json"
     patient.write_text(json.dumps({"visits": [
         {"diag": ["D01", "D03"], "proc": ["P00"], "med": ["M01", "M03", "M09"]},
@@ -99,7 +112,7 @@ def test_predict_routes_a_new_patient(reference, tmp_path, capsys):
 def test_evaluate_command_scores_the_run_and_its_predictions_file(reference, capsys):
     from trixmed.cli import main
 
-    root, _ = reference
+    root, _, _ = reference
     stored = json.loads((root / "eval" / "metrics.json").read_text())
     assert main(["evaluate", *TINY_OVERRIDES, f"run_dir={root}"]) == 0   # up to date: the stored result
     assert "Jaccard" in capsys.readouterr().out
@@ -112,7 +125,7 @@ def test_evaluate_command_scores_the_run_and_its_predictions_file(reference, cap
 
 
 def test_killed_worker_restores_and_matches_uninterrupted_run(reference, tmp_path):
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     shutil.copytree(ref_root / "dataset", tmp_path / "dataset")
     ref = json.loads((ref_root / "warmup" / "history.json").read_text())
     steps_per_epoch = len(ref["epochs"][0]["step_losses"])
@@ -124,7 +137,7 @@ def test_killed_worker_restores_and_matches_uninterrupted_run(reference, tmp_pat
 
 
 def test_one_worker_follows_the_two_worker_loss_curve(reference, tmp_path):
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     shutil.copytree(ref_root / "dataset", tmp_path / "dataset")
     run_stage(tiny_cfg(tmp_path, "distributed.num_workers=1"), "warmup")
     one = json.loads((tmp_path / "warmup" / "history.json").read_text())
@@ -136,7 +149,7 @@ def test_one_worker_follows_the_two_worker_loss_curve(reference, tmp_path):
 
 
 def test_zero0_averages_gradients_through_shared_memory_and_trains_as_zero2(reference, tmp_path):
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     shutil.copytree(ref_root / "dataset", tmp_path / "dataset")
     run_stage(tiny_cfg(tmp_path, "distributed.zero_stage=0"), "warmup")
     for rank in (0, 1):
@@ -149,7 +162,7 @@ def test_zero0_averages_gradients_through_shared_memory_and_trains_as_zero2(refe
 
 
 def test_run_resumes_after_an_interruption_between_stages(reference, tmp_path, monkeypatch):
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     for d in ("dataset", "warmup", "features", "clusters"):
         shutil.copytree(ref_root / d, tmp_path / d)
     state = json.loads((ref_root / "run.json").read_text())
@@ -176,7 +189,7 @@ def test_run_resumes_after_an_interruption_between_stages(reference, tmp_path, m
 def test_expert_parallel_experts_match_replicated_experts(reference, tmp_path):
     """ep_size=2 (each rank holds 2 of the 4 experts, all-to-all dispatch) under ZeRO-2 trains like
     ep_size=1 (every rank holds all experts)."""
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     for d in ("dataset", "warmup", "clusters"):
         shutil.copytree(ref_root / d, tmp_path / d)
     run_stage(tiny_cfg(tmp_path, "model.moe.ep_size=2"), "experts")
@@ -198,7 +211,7 @@ def test_a_worker_group_trains_run_after_run_like_ray_train(reference, tmp_path)
     from trixmed.console import Console
     from trixmed.train.worker_group import WorkerGroup
 
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     for d in ("dataset", "warmup", "clusters"):
         shutil.copytree(ref_root / d, tmp_path / d)
     cfg = tiny_cfg(tmp_path)
@@ -230,7 +243,7 @@ def test_a_stop_request_mid_epoch_checkpoints_the_step_and_resumes_it_exactly(re
     to be restored too."""
     from trixmed.errors import TrainingStopped
 
-    ref_root, _ = reference
+    ref_root, _, _ = reference
     dropout = "model.codes.dropout=0.3"
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     for root in (straight, stopped):

@@ -165,6 +165,9 @@ def test_a_failing_trial_leaves_the_other_complete_and_trials_show_in_the_dashbo
     # the dashboard: the trials are actors (Tune reuses one process for both), and the completed
     # trial's Ray Train run is named after it
     assert "ImplicitFunc" in seen["actors"], seen["actors"]
+    # a trial's Ray Train runs keep the cleaner that frees a dead controller's placement group: the
+    # sweep's driver lives on to the next trial (ray_fit._trainer_class)
+    assert "PlacementGroupCleaner" in seen["actors"] and "DatasetManager" not in seen["actors"], seen["actors"]
     assert any(r.startswith(f"trial_{by_status['completed']['trial_id']}-experts-") for r in seen["runs"]), seen["runs"]
 
 
