@@ -86,6 +86,19 @@ def test_pipeline_zero2_trains_checkpoints_and_scores(reference):
     assert (root / "eval" / "predictions_test.jsonl").is_file()
 
 
+def test_ray_trains_autoscaling_coordinator_is_started_by_the_run_and_only_once(ray_session):
+    """`ray_fit.fit` starts the coordinator that Ray Train's controller waits for, so that the two
+    start side by side; a second call finds it running (Ray Train and Ray Data share one)."""
+    from trixmed.train.ray_fit import start_autoscaling_coordinator
+
+    start_autoscaling_coordinator()
+    start_autoscaling_coordinator()
+    actor = ray_session.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    ray_session.get(actor.__ray_ready__.remote(), timeout=60)
+    alive = ray_session._private.state.actors(actor_state_name="ALIVE").values()
+    assert [a["ActorClassName"] for a in alive].count("_AutoscalingCoordinatorActor") == 1
+
+
 def test_predict_routes_a_new_patient(reference, tmp_path, capsys):
     from trixmed.cli import main
 
