@@ -44,10 +44,10 @@ def assert_same_warmup(got: Path, ref: Path, atol: float) -> None:
         np.testing.assert_allclose(w_got[k], w_ref[k], atol=atol)
 
 
-def actor_classes(ray) -> dict[str, str]:
-    """Every actor this Ray has run, alive or dead, by id: its class name (GCS's actor table; the
-    shared session has no dashboard for the public state API)."""
-    return {k: a["ActorClassName"] for k, a in ray._private.state.actors().items()}
+def actor_classes(ray, state: str | None = None) -> dict[str, str]:
+    """Every actor this Ray has run (in `state` if given, e.g. "ALIVE"), by id: its class name
+    (GCS's actor table; the shared session has no dashboard for the public state API)."""
+    return {k: a["ActorClassName"] for k, a in ray._private.state.actors(actor_state_name=state).items()}
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,7 @@ def test_ray_trains_autoscaling_coordinator_is_started_by_the_run_and_only_once(
     start_autoscaling_coordinator()
     actor = ray_session.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
     ray_session.get(actor.__ray_ready__.remote(), timeout=60)
-    alive = ray_session._private.state.actors(actor_state_name="ALIVE").values()
-    assert [a["ActorClassName"] for a in alive].count("_AutoscalingCoordinatorActor") == 1
+    assert list(actor_classes(ray_session, "ALIVE").values()).count("_AutoscalingCoordinatorActor") == 1
 
 
 def test_predict_routes_a_new_patient(reference, tmp_path, capsys):
