@@ -7,7 +7,8 @@ and `<run_dir>/logs/ray-session` points at Ray's own session logs. Train state t
 wherever a dashboard can show it (`--dashboard`, or a cluster joined by address), so the
 dashboard's Train view lists the runs; a local run without a dashboard skips its state actor
 (~0.4 GB on these machines). A SLURM job's nodes get trixmed's Ray settings from the job's
-environment (`ray_node_env`), and its state tracking only with `--dashboard`.
+environment (`ray_node_env`), and its state tracking only with `--dashboard`. `release_ray` stops
+a local Ray it started and ends whatever of it outlives the shutdown.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from trixmed.config import Config
 from trixmed.run_dir import RunDir
@@ -152,7 +156,9 @@ def release_ray() -> None:
     if _session.started_here:
         import ray
 
+        processes = _local_ray_processes()
         ray.shutdown()
+        _end_stragglers(processes)
     _session.started_here = False
     _session.verbose = False
     _session.dashboard_url = None
@@ -160,6 +166,51 @@ def release_ray() -> None:
         if getattr(handler, "_trixmed", False):
             _RAY_LOGGER.removeHandler(handler)
             handler.close()
+
+
+# how long a process of the local Ray may take to exit after `ray.shutdown()` returns
+STRAGGLER_GRACE_S = 2.0
+
+
+def _local_ray_processes() -> list[psutil.Process]:
+    """The processes of the local Ray this command started: its raylet's descendants (workers,
+    actors, agents)."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, []) if node is not None else []
+    processes = []
+    for info in raylets:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            processes += psutil.Process(info.process.pid).children(recursive=True)
+    return processes
+
+
+def _end_stragglers(processes: list[psutil.Process]) -> None:
+    """Kill those of `processes` still running `STRAGGLER_GRACE_S` after Ray's shutdown. An actor
+    that exits on its own (its last handle dropped: Ray Train's controller at the end of every
+    phase) disconnects from the raylet first, so the raylet's shutdown no longer kills it; one
+    that hangs after that in its interpreter's exit outlived the command (seen in CI: a
+    `ray::TrainController` whose core worker had shut down, alive 36 minutes later).
+    `is_running` compares start times, so a reused pid is never killed."""
+    deadline = time.monotonic() + STRAGGLER_GRACE_S
+    while (alive := [p for p in processes if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            name = process.name()
+            process.kill()
+            _RAY_LOGGER.warning("ended pid %d (%s): still running %.0f s after Ray's shutdown",
+                                process.pid, name, STRAGGLER_GRACE_S)
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an exited process its new parent has yet to reap)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 _RAY_LOGGER = logging.getLogger("ray")
