@@ -300,11 +300,11 @@ def _extract_on_worker(config: dict) -> None:
     """One Ray Train worker of (d): load the warm-up model, then extract its shards (or nothing)."""
     import ray.train
 
-    from trixmed.cluster.features import shard_name, write_feature_shard
     from trixmed.data.dataset import Dataset
     from trixmed.models import load_model
+    from trixmed.pipeline.extract import extract_shard
     from trixmed.run_dir import RunDir
-    from trixmed.train.inference import collator_for, infer
+    from trixmed.train.inference import collator_for
 
     cfg = config["cfg"]
     rd = RunDir(cfg.run_dir)
@@ -315,15 +315,12 @@ def _extract_on_worker(config: dict) -> None:
         return
     ctx = ray.train.get_context()
     if config["arm"] == "ray_data":
-        mine = [(int(b["shard"][i]), int(b["start"][i]), int(b["end"][i]))
-                for b in ray.train.get_dataset_shard("extract").iter_batches(batch_size=1) for i in range(len(b["shard"]))]
+        mine = [(int(b["shard"][0]), int(b["start"][0]), int(b["end"][0]))
+                for b in ray.train.get_dataset_shard("extract").iter_batches(batch_size=1)]
     else:
         mine = config["specs"][ctx.get_world_rank()::ctx.get_world_size()]
-    for shard, start, end in mine:
-        chunk = ds.samples(rows=range(start, end))
-        pooled = infer(model, collate, chunk, batch_size=cfg.extract.batch_size)["pooled"]
-        write_feature_shard(Path(config["out"]) / shard_name(shard), [s.visit_key for s in chunk],
-                            [s.patient_id for s in chunk], [s.split for s in chunk], pooled)
+    for shard in mine:
+        extract_shard(model, collate, ds, shard, Path(config["out"]), batch_size=cfg.extract.batch_size)
 
 
 def tiny_run(root: Path) -> Path:

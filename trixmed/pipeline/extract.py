@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,11 @@ from trixmed.cluster.features import feature_dim, shard_name, write_feature_shar
 from trixmed.config import Config
 from trixmed.console import Console
 from trixmed.run_dir import RunDir, hash_json
+
+if TYPE_CHECKING:   # torch and the dataset are imported by the actors that use them, not by the driver
+    import torch
+
+    from trixmed.data.dataset import Dataset
 
 
 class ShardExtractor:
@@ -44,16 +50,24 @@ class ShardExtractor:
         self.out_dir = Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from trixmed.train.inference import infer
-
-        rows = []
-        for shard, start, end in zip(batch["shard"], batch["start"], batch["end"]):
-            chunk = self.dataset.samples(rows=range(int(start), int(end)))   # only this shard's visits
-            pooled = infer(self.model, self.collate, chunk, batch_size=self.batch_size, device=self.device)["pooled"]
-            write_feature_shard(self.out_dir / shard_name(int(shard)), [s.visit_key for s in chunk],
-                                [s.patient_id for s in chunk], [s.split for s in chunk], pooled)
-            rows.append(len(chunk))
+        rows = [extract_shard(self.model, self.collate, self.dataset, (int(shard), int(start), int(end)), self.out_dir,
+                              batch_size=self.batch_size, device=self.device)
+                for shard, start, end in zip(batch["shard"], batch["start"], batch["end"])]
         return {"shard": np.asarray(batch["shard"]), "rows": np.asarray(rows)}
+
+
+def extract_shard(model: torch.nn.Module, collate: Callable[..., dict[str, Any]], dataset: Dataset,
+                  shard: tuple[int, int, int], out_dir: Path, *, batch_size: int, device: torch.device | None = None) -> int:
+    """Write shard (index, start, end): the pooled features of samples start..end-1, in fixed
+    batches (so its content depends on its range and the model only); returns its row count."""
+    from trixmed.train.inference import infer
+
+    index, start, end = shard
+    chunk = dataset.samples(rows=range(start, end))   # only this shard's visits
+    pooled = infer(model, collate, chunk, batch_size=batch_size, device=device)["pooled"]
+    write_feature_shard(out_dir / shard_name(index), [s.visit_key for s in chunk], [s.patient_id for s in chunk],
+                        [s.split for s in chunk], pooled)
+    return len(chunk)
 
 
 def extract_features(cfg: Config, rd: RunDir, out: Path, partial: Path, console: Console) -> dict[str, Any]:
