@@ -26,11 +26,6 @@ writes benchmarks/results/stratify.{json,md}.
     (`--extract-run-dir`, trained with configs/mimic3_codes.yaml); skipped with a note when it is
     absent. Ratio = plain seconds ÷ Ray Data seconds (throughput ratio; target ≥ 0.8). `--smoke`
     builds a tiny run instead (one run each).
-(d) context for (c), no target: the same shards on two Ray Train workers × 1 CPU that have already
-    loaded the warm-up model (the state the warm-up's workers end in), the shards reaching them
-    through Ray Data (a Ray Train dataset) or directly; each arm's cost is its fit's wall minus that
-    of a fit that stops after loading the model, 3 alternating runs, medians; ratio = (c)'s plain
-    seconds ÷ that cost.
 
 Peak memory is the RSS summed over this process and its children (Ray's own processes and the
 workers), sampled every 0.2 s (`PeakRSS` from benchmarks/pipeline.py). The shards are written by a
@@ -227,102 +222,6 @@ def extraction(run_dir: Path, smoke: bool) -> dict:
             "ratio": round(plain_s / ray_s, 3), "target_ratio": 0.8}
 
 
-def shared_extraction(run_dir: Path, smoke: bool) -> dict:
-    """(d): what the same extraction costs on workers that are already up with the model loaded,
-    the state the warm-up's two Ray Train workers end in. Three fits of 2 workers × 1 CPU, each
-    worker loading the warm-up model: `none` stops there, `ray_data` then runs the shards it is
-    given as a Ray Train dataset (`get_dataset_shard`: Ray Data's streaming split), `direct` runs
-    shards rank, rank + 2, ... . An arm's extraction cost = its fit's wall − `none`'s (medians,
-    alternating), so Ray Data's set-up inside the fit counts. The features are checked against a
-    plain loop's."""
-    import statistics
-
-    import ray.data
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from trixmed.cluster.features import iter_feature_shards
-    from trixmed.config import load_config
-    from trixmed.data.dataset import Dataset
-    from trixmed.models import load_model
-    from trixmed.pipeline.extract import shard_ranges
-    from trixmed.run_dir import RunDir
-    from trixmed.train.inference import collator_for, infer
-    from trixmed.train.ray_fit import start_autoscaling_coordinator
-    from trixmed.train.ray_session import ensure_ray, ray_session
-
-    rd = RunDir(run_dir)
-    cfg = load_config(None if smoke else ROOT / "configs" / "mimic3_codes.yaml",
-                      [f"run_dir={run_dir}", "data.source=benchmark", f"data.path={run_dir}",
-                       *([*SMOKE_MODEL, "extract.shard_size=128"] if smoke else ["extract.shard_size=4096"])])
-    ds = Dataset(rd.dataset)
-    specs = shard_ranges(len(ds.visits), cfg.extract.shard_size)
-    # Ray Train splits a dataset into equal parts, dropping the rows over: here a row is a shard
-    assert len(specs) % 2 == 0, f"{len(specs)} shards do not split evenly over 2 workers"
-    reference = infer(load_model(rd.model("warmup"), cfg, ds.vocab), collator_for(cfg, ds.vocab), ds.samples(),
-                      batch_size=cfg.extract.batch_size)["pooled"]
-    walls: dict[str, list[float]] = {"none": [], "ray_data": [], "direct": []}
-    max_diff = 0.0
-    tmp = Path(tempfile.mkdtemp(prefix="trixmed-bench-shared-"))
-    try:
-        for r in range(1 if smoke else EXTRACT_RUNS):
-            for arm in walls:
-                out = tmp / f"{arm}-{r}"
-                out.mkdir()
-                with ray_session(cfg):
-                    ensure_ray(cfg)
-                    start_autoscaling_coordinator()   # as the warm-up's fit leaves it
-                    datasets = ({"extract": ray.data.from_items([{"shard": i, "start": a, "end": b} for i, a, b in specs],
-                                                                override_num_blocks=len(specs))} if arm == "ray_data" else {})
-                    trainer = TorchTrainer(
-                        _extract_on_worker,
-                        train_loop_config={"cfg": cfg, "arm": arm, "out": str(out), "specs": specs},
-                        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-                        run_config=RunConfig(name=f"{arm}-{r}", storage_path=str(tmp / "ray_train")), datasets=datasets)
-                    t0 = time.perf_counter()
-                    trainer.fit()
-                    walls[arm].append(time.perf_counter() - t0)
-                if arm != "none":
-                    features = np.concatenate([x for _, _, x in iter_feature_shards(out)])
-                    assert features.shape == reference.shape, (arm, features.shape, reference.shape)
-                    max_diff = max(max_diff, float(np.abs(features - reference).max()))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    base = statistics.median(walls["none"])
-    report = {"runs": len(walls["none"]), "fit_runs_s": {k: [round(t, 2) for t in v] for k, v in walls.items()},
-              "features_max_abs_diff_vs_plain": max_diff}
-    for arm in ("ray_data", "direct"):
-        report[f"{arm}_extraction_s"] = round(statistics.median(walls[arm]) - base, 2)
-    return report
-
-
-def _extract_on_worker(config: dict) -> None:
-    """One Ray Train worker of (d): load the warm-up model, then extract its shards (or nothing)."""
-    import ray.train
-
-    from trixmed.data.dataset import Dataset
-    from trixmed.models import load_model
-    from trixmed.pipeline.extract import extract_shard
-    from trixmed.run_dir import RunDir
-    from trixmed.train.inference import collator_for
-
-    cfg = config["cfg"]
-    rd = RunDir(cfg.run_dir)
-    ds = Dataset(rd.dataset)
-    model = load_model(rd.model("warmup"), cfg, ds.vocab)
-    collate = collator_for(cfg, ds.vocab)
-    if config["arm"] == "none":
-        return
-    ctx = ray.train.get_context()
-    if config["arm"] == "ray_data":
-        mine = [(int(b["shard"][0]), int(b["start"][0]), int(b["end"][0]))
-                for b in ray.train.get_dataset_shard("extract").iter_batches(batch_size=1)]
-    else:
-        mine = config["specs"][ctx.get_world_rank()::ctx.get_world_size()]
-    for shard in mine:
-        extract_shard(model, collate, ds, shard, Path(config["out"]), batch_size=cfg.extract.batch_size)
-
-
 def tiny_run(root: Path) -> Path:
     """A prepared tiny dataset and an untrained warm-up model: what extraction reads."""
     from trixmed.config import load_config
@@ -387,12 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         if (run_dir / "warmup").is_dir():
             results["extract"] = {"run_dir": str(run_dir), **extraction(run_dir, args.smoke)}
             print("extract:", results["extract"]["ratio"], "× plain loop throughput")
-            d = shared_extraction(run_dir, args.smoke)
-            for arm in ("ray_data", "direct"):   # the plain loop's seconds from (c), measured in the same run
-                cost = d[f"{arm}_extraction_s"]   # a difference of two walls: ≤ 0 when lost in their noise
-                d[f"{arm}_ratio"] = round(results["extract"]["plain_s"] / cost, 3) if cost > 0 else None
-            results["extract_on_warm_workers"] = d
-            print("extract on warm workers:", d["ray_data_ratio"], "(Ray Data),", d["direct_ratio"], "(direct) × plain loop")
         else:
             results["extract"] = {"skipped": f"{run_dir} has no warm-up model (run benchmarks/pipeline.py first)"}
     finally:
@@ -414,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         "in_memory": {side: results["in_memory"][side]["s_per_iteration"] for side in ("distributed", "sklearn")},
         "streamed": {k: results["streamed"]["distributed"][k] for k in ("total_s", "peak_rss_gib")},
         "extract": results["extract"],
-        "extract_on_warm_workers": results.get("extract_on_warm_workers"),
     })
     out.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {out.with_suffix('.md')}")
@@ -462,19 +354,6 @@ def markdown(report: dict) -> str:
                   f"| plain loop (1 process, 2 threads) | {c['plain_s']} | {c['plain_samples_per_s']} |",
                   f"| Ray Data (2 actors × 1 CPU) | {c['ray_data_s']} | {c['ray_data_samples_per_s']} |", "",
                   f"Throughput ratio Ray Data ÷ plain: **{c['ratio']}** (target ≥ {c['target_ratio']})."]
-    d = report["results"].get("extract_on_warm_workers")
-    if d:
-        lines += ["", "## (d) the same extraction on workers already up (context for (c); no target)", "",
-                  "Two Ray Train workers × 1 CPU that have loaded the warm-up model, as the warm-up's workers end; an "
-                  "arm's cost is its fit's wall minus that of a fit that stops after loading (medians of "
-                  f"{d['runs']} alternating runs; fits: "
-                  + "; ".join(f"{arm} {', '.join(map(str, walls))} s" for arm, walls in d["fit_runs_s"].items())
-                  + "). Features' largest difference from "
-                  f"the plain loop's: {d['features_max_abs_diff_vs_plain']:.2e}.", "",
-                  "| shards reach the workers | extraction s | ratio plain ÷ it |", "|---|---|---|",
-                  *(f"| {how} | {d[f'{arm}_extraction_s']} | {d[f'{arm}_ratio'] or '— (within the noise)'} |"
-                    for arm, how in (("ray_data", "through Ray Data (`get_dataset_shard`)"),
-                                     ("direct", "directly (rank, rank + 2, ...)")))]
     return "\n".join(lines) + "\n"
 
 
