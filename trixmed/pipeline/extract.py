@@ -25,7 +25,7 @@ from trixmed.config import Config
 from trixmed.console import Console
 from trixmed.run_dir import RunDir, hash_json
 
-if TYPE_CHECKING:   # torch and the dataset are imported by the actors that use them, not by the driver
+if TYPE_CHECKING:   # for annotations only: torch is imported where a model runs, not with this module
     import torch
 
     from trixmed.data.dataset import Dataset
